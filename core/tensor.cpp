@@ -149,6 +149,8 @@ Tensor Tensor::view(Shape shape) const {
   t.impl_->shape = std::move(shape);
   t.impl_->requires_grad = false;
   t.impl_->grad = Tensor();
+  t.impl_->tape_id = 0;
+  t.impl_->slot = -1;
   return t;
 }
 
@@ -162,6 +164,8 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
   t.impl_->shape[0] = end - begin;
   t.impl_->requires_grad = false;
   t.impl_->grad = Tensor();
+  t.impl_->tape_id = 0;
+  t.impl_->slot = -1;
   return t;
 }
 

@@ -125,8 +125,10 @@ struct TensorImpl {
   Shape shape;
   DType dtype = DType::f32;
   Device device = Device::cpu;
-  bool requires_grad = false;
+  bool requires_grad = false;  ///< a leaf that accumulates a gradient (parameters)
   Tensor grad;
+  uint64_t tape_id = 0;        ///< the tape that produced this activation (0: none)
+  int64_t slot = -1;           ///< its slot on that tape
 };
 
 /// Throws a message naming both shapes when they differ.

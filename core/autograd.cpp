@@ -1,0 +1,228 @@
+// core/autograd.cpp — the tape.
+#include "core/autograd.h"
+
+#include <atomic>
+
+#include "core/cpu/kernels.h"
+
+namespace ptrain {
+
+namespace {
+thread_local Tape* g_current_tape = nullptr;
+std::atomic<uint64_t> g_next_tape_id{1};
+
+/// dst += src (same numel), then rounded to dst's dtype grid.
+void add_into(Tensor& dst, const Tensor& src) {
+  PT_CHECK(dst.numel() == src.numel(), "gradient of {} elements added into {}", src.numel(), dst.numel());
+  if (dst.dtype() == DType::f64) {
+    cpu::axpy<double>(1.0, src.data<double>(), dst.data<double>(), dst.numel());
+  } else {
+    cpu::axpy<float>(1.0f, src.data<float>(), dst.data<float>(), dst.numel());
+    dst.round_();
+  }
+}
+}  // namespace
+
+SavedTensor::SavedTensor(const Tensor& t, SavedTensorHooks* hooks) : hooks_(hooks) {
+  if (hooks_ && t.defined())
+    packed_ = hooks_->pack(t);
+  else
+    tensor_ = t;
+}
+
+Tensor SavedTensor::get() const { return packed_ ? hooks_->unpack(packed_) : tensor_; }
+
+// ------------------------------------------------------------------ BackwardCtx
+
+bool BackwardCtx::needs_grad(size_t i) const {
+  const TapeEntry& e = tape_->entries_[entry_];
+  return e.leaf_inputs[i].defined() || e.input_slots[i] >= 0;
+}
+
+Tensor BackwardCtx::grad_in(size_t i) {
+  TapeEntry& e = tape_->entries_[entry_];
+  if (e.leaf_inputs[i].defined()) return e.leaf_inputs[i].grad_buffer(tape_->param_grad_dtype_);
+  const int64_t slot = e.input_slots[i];
+  if (slot < 0) return Tensor();
+  Tensor& g = tape_->slot_grads_[static_cast<size_t>(slot)];
+  if (!g.defined()) g = Tensor::zeros(e.input_shapes[i], e.input_dtypes[i]);
+  return g;
+}
+
+void BackwardCtx::accumulate(size_t i, Tensor g) {
+  TapeEntry& e = tape_->entries_[entry_];
+  if (e.leaf_inputs[i].defined()) {
+    Tensor dst = e.leaf_inputs[i].grad_buffer(tape_->param_grad_dtype_);
+    add_into(dst, g);
+    return;
+  }
+  const int64_t slot = e.input_slots[i];
+  if (slot < 0) return;
+  Tensor& dst = tape_->slot_grads_[static_cast<size_t>(slot)];
+  if (!dst.defined()) {
+    PT_CHECK(g.numel() == shape_numel(e.input_shapes[i]), "gradient of {} elements for input of shape {}", g.numel(),
+             shape_str(e.input_shapes[i]));
+    dst = g.view(e.input_shapes[i]);
+  } else {
+    add_into(dst, g);
+  }
+}
+
+bool BackwardCtx::splitting() const { return tape_->split_; }
+
+Tensor BackwardCtx::take_grad_out(size_t i) {
+  const TapeEntry& e = tape_->entries_[entry_];
+  const auto slot = static_cast<size_t>(e.output_slots[i]);
+  const Tensor& g = grad_out_[i];
+  if (!g.defined()) return g;
+  // The slot's buffer is freed after this entry unless it is watched: then it can be handed on.
+  if (tape_->slot_keep_[slot]) return g.clone();
+  return g;
+}
+
+void BackwardCtx::weight_grad(std::function<void()> fn) {
+  if (tape_->split_)
+    tape_->deferred_.push_back(std::move(fn));
+  else
+    fn();
+}
+
+// ------------------------------------------------------------------ Tape
+
+Tape::Tape(DType param_grad_dtype) : id_(g_next_tape_id.fetch_add(1)), param_grad_dtype_(param_grad_dtype) {}
+
+Tape::~Tape() {
+  if (g_current_tape == this) g_current_tape = nullptr;
+}
+
+Tape* Tape::current() { return g_current_tape; }
+
+bool Tape::owns(const Tensor& t) const { return t.defined() && t.id()->tape_id == id_ && t.id()->slot >= 0; }
+
+bool Tape::should_record(std::initializer_list<const Tensor*> inputs) {
+  Tape* tape = g_current_tape;
+  if (!tape) return false;
+  for (const Tensor* t : inputs)
+    if (t && t->defined() && (t->requires_grad() || tape->owns(*t))) return true;
+  return false;
+}
+
+int64_t Tape::new_slot() {
+  slot_grads_.emplace_back();
+  slot_keep_.push_back(false);
+  return static_cast<int64_t>(slot_grads_.size()) - 1;
+}
+
+void Tape::record(OpId op, const std::vector<const Tensor*>& inputs, const std::vector<Tensor*>& outputs,
+                  std::function<void(BackwardCtx&)> backward) {
+  TapeEntry e;
+  e.op = op;
+  e.leaf_inputs.resize(inputs.size());
+  e.input_slots.assign(inputs.size(), -1);
+  e.input_shapes.resize(inputs.size());
+  e.input_dtypes.resize(inputs.size(), DType::f32);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor* t = inputs[i];
+    if (!t || !t->defined()) continue;
+    if (owns(*t)) {
+      e.input_slots[i] = t->id()->slot;
+      e.input_shapes[i] = t->shape();
+      e.input_dtypes[i] = t->dtype();
+    } else if (t->requires_grad())
+      e.leaf_inputs[i] = *t;
+  }
+  for (Tensor* out : outputs) {
+    const int64_t slot = new_slot();
+    auto* impl = const_cast<TensorImpl*>(out->id());
+    impl->tape_id = id_;
+    impl->slot = slot;
+    e.output_slots.push_back(slot);
+  }
+  e.backward = std::move(backward);
+  entries_.push_back(std::move(e));
+}
+
+void Tape::watch(Tensor& t) {
+  PT_CHECK(t.defined(), "watch() of an undefined tensor");
+  auto* impl = const_cast<TensorImpl*>(t.id());
+  PT_CHECK(impl->tape_id == 0 || impl->tape_id == id_, "watch(): tensor already belongs to another tape");
+  if (impl->tape_id == id_) {
+    slot_keep_[static_cast<size_t>(impl->slot)] = true;
+    return;
+  }
+  impl->tape_id = id_;
+  impl->slot = new_slot();
+  slot_keep_[static_cast<size_t>(impl->slot)] = true;
+}
+
+Tensor Tape::grad_of(const Tensor& t) const {
+  if (!owns(t)) return Tensor();
+  return slot_grads_[static_cast<size_t>(t.id()->slot)];
+}
+
+void Tape::backward(const Tensor& root, Tensor seed, bool split_weight_grads) {
+  if (!seed.defined()) {
+    seed = Tensor::empty(root.shape(), root.dtype() == DType::f64 ? DType::f64 : DType::f32);
+    seed.fill(1.0);
+  }
+  backward(std::vector<Tensor>{root}, std::vector<Tensor>{seed}, split_weight_grads);
+}
+
+void Tape::backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& seeds, bool split_weight_grads) {
+  PT_CHECK(roots.size() == seeds.size(), "backward: {} roots and {} seeds", roots.size(), seeds.size());
+  split_ = split_weight_grads;
+  for (size_t r = 0; r < roots.size(); ++r) {
+    PT_CHECK(owns(roots[r]), "backward: root {} was not produced on this tape", r);
+    check_same_shape(roots[r], seeds[r], "backward seed");
+    Tensor& g = slot_grads_[static_cast<size_t>(roots[r].id()->slot)];
+    if (!g.defined())
+      g = seeds[r].clone();
+    else
+      add_into(g, seeds[r]);
+  }
+  BackwardCtx ctx;
+  ctx.tape_ = this;
+  for (size_t k = entries_.size(); k-- > 0;) {
+    TapeEntry& e = entries_[k];
+    bool any = false;
+    ctx.grad_out_.clear();
+    for (int64_t s : e.output_slots) {
+      ctx.grad_out_.push_back(slot_grads_[static_cast<size_t>(s)]);
+      any = any || ctx.grad_out_.back().defined();
+    }
+    if (any) {
+      ctx.entry_ = k;
+      e.backward(ctx);
+    }
+    // The outputs' gradients are consumed: free them (unless watched).
+    for (int64_t s : e.output_slots)
+      if (!slot_keep_[static_cast<size_t>(s)]) slot_grads_[static_cast<size_t>(s)] = Tensor();
+    e.backward = nullptr;  // releases saved tensors
+  }
+  entries_.clear();
+  split_ = false;
+}
+
+void Tape::backward_weights() {
+  auto work = std::move(deferred_);
+  deferred_.clear();
+  for (auto& fn : work) fn();
+}
+
+std::vector<int64_t> Tape::op_counts() const {
+  std::vector<int64_t> c(static_cast<size_t>(OpId::count), 0);
+  for (const auto& e : entries_) ++c[static_cast<size_t>(e.op)];
+  return c;
+}
+
+void Tape::clear() {
+  entries_.clear();
+  slot_grads_.clear();
+  slot_keep_.clear();
+  deferred_.clear();
+}
+
+TapeGuard::TapeGuard(Tape* tape) : prev_(g_current_tape) { g_current_tape = tape; }
+TapeGuard::~TapeGuard() { g_current_tape = prev_; }
+
+}  // namespace ptrain

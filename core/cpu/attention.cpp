@@ -1,0 +1,238 @@
+// core/cpu/attention.cpp — causal grouped-query attention over the BLAS gemm.
+//
+// Shapes: q, out, dout, dq [B, Tn, Hq, D]; k, v, dk, dv [B, Tn, Hkv, D];
+//         probs [B, Hq, Tn, Tn] (saved softmax, exact zeros above the diagonal).
+// q head h reads kv head h / (Hq / Hkv); scale = 1 / sqrt(D).
+// Invariants:
+//  * A head's [Tn, D] matrix is addressed inside the [B, Tn, H, D] layout with row stride
+//    H * D, so gemm reads q/k/v and writes out/dq/dk/dv in place: no transposing copies.
+//  * Causality is exploited by row blocks of kRowBlock queries: rows [r0, r1) only touch keys
+//    [0, r1), so about half of the square products is skipped for long sequences.
+//  * Softmax is row-wise with max subtraction, in the scalar type T (fp32 for float) with
+//    kLanes interleaved accumulators (fixed order) and a vectorised branch-free exp for float.
+//  * Backward accumulates (+=); nullptr gradients are skipped. Threads take whole
+//    (batch, kv head) pairs, so no two threads write the same dk/dv; inside a pair the q heads
+//    of the group and the row blocks are added in a fixed order: dq/dk/dv are bit-identical
+//    for any OMP thread count. Each thread owns one dP/dS scratch buffer per call.
+#include <omp.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "core/cpu/kernels.h"
+#include "core/error.h"
+
+namespace ptrain::cpu {
+
+namespace {
+
+/// Below this much work (multiply-adds) a kernel runs on the calling thread.
+constexpr int64_t kParallelMin = 32768;
+/// Interleaved accumulators in a row reduction (one AVX-512 vector of floats).
+constexpr int kLanes = 16;
+/// Query rows per causal block.
+#ifndef KB_BLOCK
+#define KB_BLOCK 64
+#endif
+constexpr int64_t kRowBlock = KB_BLOCK;
+
+bool run_parallel(int64_t work) { return work >= kParallelMin && omp_get_max_threads() > 1 && !omp_in_parallel(); }
+
+/// exp(x) in fp32 without branches (Cephes polynomial, ~1 ulp); +inf above ln(FLT_MAX), 0 below
+/// ln(FLT_MIN), NaN for NaN. Same function as in activation.cpp.
+inline float exp_fast(float x) {
+  constexpr float kHi = 88.7228394f, kLo = -87.3365478f, kMagic = 12582912.0f;  // 1.5 * 2^23
+  float xc = x > kHi ? kHi : x;
+  xc = xc < kLo ? kLo : xc;
+  const float t = xc * 1.44269504088896341f + kMagic;
+  const float n = t - kMagic;
+  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kMagic);
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t n1 = ni >> 1, n2 = ni - n1;
+  const float s1 = std::bit_cast<float>(static_cast<uint32_t>(n1 + 127) << 23);
+  const float s2 = std::bit_cast<float>(static_cast<uint32_t>(n2 + 127) << 23);
+  float e = p * s1 * s2;
+  e = x > kHi ? std::numeric_limits<float>::infinity() : e;
+  e = x < kLo ? 0.0f : e;
+  return e;
+}
+inline double exp_fast(double x) { return std::exp(x); }
+
+/// sum_{i<n} f(i): kLanes interleaved accumulators (kept in registers: constant lane indices)
+/// combined pairwise, then the scalar tail; a fixed order for a given n.
+template <class T, class F>
+inline T lane_sum(int64_t n, F f) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += f(i + l);
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  T tail = T(0);
+  for (; i < n; ++i) tail += f(i);
+  return acc[0] + tail;
+}
+
+/// max_{i<n} s[i] (exact in any order).
+template <class T>
+inline T lane_max(const T* __restrict__ s, int64_t n) {
+  T mx[kLanes];
+  for (int l = 0; l < kLanes; ++l) mx[l] = -std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) mx[l] = s[i + l] > mx[l] ? s[i + l] : mx[l];
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) mx[l] = mx[l + w] > mx[l] ? mx[l + w] : mx[l];
+  T m = mx[0];
+  for (; i < n; ++i) m = s[i] > m ? s[i] : m;
+  return m;
+}
+
+/// Causal softmax of one score row in place: s[0, n) <- softmax(s[0, n)) (max subtracted,
+/// multiplied by 1/sum as torch does), s[n, width) <- 0. Entries in [n, width) must be finite
+/// (they are computed, masked scores); processing whole vectors up to round_up(n, kLanes)
+/// with a select instead of a scalar tail keeps the exp vectorised.
+template <class T>
+void causal_softmax_row(T* __restrict__ s, int64_t n, int64_t width) {
+  const T m = lane_max(s, n);
+  const int64_t w = std::min(width, (n + kLanes - 1) / kLanes * kLanes);
+  for (int64_t j = 0; j < w; ++j) {
+    const T e = exp_fast(s[j] - m);
+    s[j] = j < n ? e : T(0);
+  }
+  const T inv = T(1) / lane_sum<T>(w, [=](int64_t j) { return s[j]; });
+  for (int64_t j = 0; j < w; ++j) s[j] *= inv;
+  for (int64_t j = w; j < width; ++j) s[j] = T(0);
+}
+
+/// Softmax backward of one row in place over [0, n): ds <- p * (ds - sum_j ds_j p_j), where ds
+/// holds dP on entry. p is zero above the diagonal, so running over the whole computed width
+/// gives zeros there without a mask.
+template <class T>
+void softmax_backward_row(T* __restrict__ ds, const T* __restrict__ p, int64_t n) {
+  const T dot = lane_sum<T>(n, [=](int64_t j) { return ds[j] * p[j]; });
+  for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - dot);
+}
+
+void check_heads(const char* what, int64_t Hq, int64_t Hkv, int64_t D) {
+  PT_CHECK(Hkv > 0 && Hq > 0 && Hq % Hkv == 0, "{}: q heads Hq={} must be a positive multiple of kv heads Hkv={}",
+           what, Hq, Hkv);
+  PT_CHECK(D > 0, "{}: head dim D={} must be positive", what, D);
+}
+
+}  // namespace
+
+template <class T>
+void attention_forward(const T* q, const T* k, const T* v, T* out, T* probs, int64_t B, int64_t Tn, int64_t Hq,
+                       int64_t Hkv, int64_t D) {
+  check_heads("attention_forward", Hq, Hkv, D);
+  if (B == 0 || Tn == 0) return;
+  const int64_t G = Hq / Hkv;
+  const int64_t ldq = Hq * D, ldkv = Hkv * D;
+  const T scale = T(1) / std::sqrt(static_cast<T>(D));
+#pragma omp parallel if (run_parallel(B * Hq * Tn * Tn * D))
+  {
+  std::vector<T> kt_buf(static_cast<size_t>(D * Tn));
+#pragma omp for schedule(static)
+  for (int64_t pair = 0; pair < B * Hkv; ++pair) {
+    const int64_t b = pair / Hkv, hk = pair % Hkv;
+    const T* kb = k + b * Tn * ldkv + hk * D;  // [Tn, D] with row stride ldkv
+    const T* vb = v + b * Tn * ldkv + hk * D;  // [Tn, D] with row stride ldkv
+#ifdef KB_KT
+    T* kt = kt_buf.data();
+    for (int64_t j = 0; j < Tn; ++j)
+      for (int64_t d = 0; d < D; ++d) kt[d * Tn + j] = kb[j * ldkv + d];
+#endif
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = hk * G + g;
+      const T* qb = q + b * Tn * ldq + h * D;  // [Tn, D] with row stride ldq
+      T* ob = out + b * Tn * ldq + h * D;      // [Tn, D] with row stride ldq
+      T* P = probs + (b * Hq + h) * Tn * Tn;   // [Tn, Tn]
+      for (int64_t r0 = 0; r0 < Tn; r0 += kRowBlock) {
+        const int64_t r1 = std::min(Tn, r0 + kRowBlock), rows = r1 - r0;
+        T* Pb = P + r0 * Tn;
+        // S[r0:r1, 0:r1] = scale * Q[r0:r1] K[0:r1]^T
+#ifdef KB_KT
+        gemm<T>(false, false, rows, r1, D, scale, qb + r0 * ldq, ldq, kt, Tn, T(0), Pb, Tn);
+#else
+        gemm<T>(false, true, rows, r1, D, scale, qb + r0 * ldq, ldq, kb, ldkv, T(0), Pb, Tn);
+#endif
+        for (int64_t t = r0; t < r1; ++t) causal_softmax_row(P + t * Tn, t + 1, r1);
+        if (r1 < Tn)
+          for (int64_t t = r0; t < r1; ++t) std::fill(P + t * Tn + r1, P + (t + 1) * Tn, T(0));
+        // O[r0:r1] = P[r0:r1, 0:r1] V[0:r1]
+        gemm<T>(false, false, rows, D, r1, T(1), Pb, Tn, vb, ldkv, T(0), ob + r0 * ldq, ldq);
+      }
+    }
+  }
+  }
+}
+
+// dV += P^T dO ; dP = dO V^T ; dS = P ⊙ (dP - rowsum(dP ⊙ P)) ; dQ += scale dS K ; dK += scale dS^T Q
+template <class T>
+void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* probs, T* dq, T* dk, T* dv,
+                        int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D) {
+  check_heads("attention_backward", Hq, Hkv, D);
+  if (B == 0 || Tn == 0 || (!dq && !dk && !dv)) return;
+  const int64_t G = Hq / Hkv;
+  const int64_t ldq = Hq * D, ldkv = Hkv * D;
+  const T scale = T(1) / std::sqrt(static_cast<T>(D));
+  const bool need_ds = dq || dk;
+  const int64_t block = std::min(Tn, kRowBlock);
+#pragma omp parallel if (run_parallel(2 * B * Hq * Tn * Tn * D))
+  {
+    std::vector<T> scratch(need_ds ? static_cast<size_t>(block * Tn) : 0);  // dP/dS [block, Tn]
+#pragma omp for schedule(static)
+    for (int64_t pair = 0; pair < B * Hkv; ++pair) {
+      const int64_t b = pair / Hkv, hk = pair % Hkv;
+      const T* kb = k + b * Tn * ldkv + hk * D;  // [Tn, D] with row stride ldkv
+      const T* vb = v + b * Tn * ldkv + hk * D;
+      T* dkb = dk ? dk + b * Tn * ldkv + hk * D : nullptr;
+      T* dvb = dv ? dv + b * Tn * ldkv + hk * D : nullptr;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = hk * G + g;
+        const T* qb = q + b * Tn * ldq + h * D;  // [Tn, D] with row stride ldq
+        const T* dob = dout + b * Tn * ldq + h * D;
+        T* dqb = dq ? dq + b * Tn * ldq + h * D : nullptr;
+        const T* P = probs + (b * Hq + h) * Tn * Tn;  // [Tn, Tn]
+        for (int64_t r0 = 0; r0 < Tn; r0 += kRowBlock) {
+          const int64_t r1 = std::min(Tn, r0 + kRowBlock), rows = r1 - r0;
+          const T* Pb = P + r0 * Tn;  // [rows, r1] with row stride Tn
+          // dV[0:r1] += P[r0:r1, 0:r1]^T dO[r0:r1]
+          if (dvb) gemm<T>(true, false, r1, D, rows, T(1), Pb, Tn, dob + r0 * ldq, ldq, T(1), dvb, ldkv);
+          if (!need_ds) continue;
+          T* dS = scratch.data();  // [rows, r1] with row stride Tn
+          // dP[r0:r1, 0:r1] = dO[r0:r1] V[0:r1]^T, then dS in place
+          gemm<T>(false, true, rows, r1, D, T(1), dob + r0 * ldq, ldq, vb, ldkv, T(0), dS, Tn);
+          for (int64_t t = r0; t < r1; ++t) softmax_backward_row(dS + (t - r0) * Tn, P + t * Tn, r1);
+          // dQ[r0:r1] += scale dS K[0:r1] ; dK[0:r1] += scale dS^T Q[r0:r1]
+          if (dqb) gemm<T>(false, false, rows, D, r1, scale, dS, Tn, kb, ldkv, T(1), dqb + r0 * ldq, ldq);
+          if (dkb) gemm<T>(true, false, r1, D, rows, scale, dS, Tn, qb + r0 * ldq, ldq, T(1), dkb, ldkv);
+        }
+      }
+    }
+  }
+}
+
+#define PTRAIN_INSTANTIATE_ATTENTION(T)                                                                       \
+  template void attention_forward<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, int64_t, \
+                                     int64_t);                                                                \
+  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,  \
+                                      int64_t, int64_t, int64_t, int64_t);
+PTRAIN_INSTANTIATE_ATTENTION(float)
+PTRAIN_INSTANTIATE_ATTENTION(double)
+#undef PTRAIN_INSTANTIATE_ATTENTION
+
+}  // namespace ptrain::cpu

@@ -1,0 +1,165 @@
+// launch/cli.cpp — subcommands: train (default), prepare, export; --list-layers, --help-config.
+#include "launch/cli.h"
+
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include "data/prepare.h"
+#include "data/tokenizer.h"
+#include "launch/checkpoint.h"
+#include "launch/config.h"
+#include "launch/trainer.h"
+#include "launch/weights_io.h"
+#include "layers/registry.h"
+
+namespace po = boost::program_options;
+
+namespace ptrain::launch {
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage:\n"
+    "  ptrain --cfg FILE.yaml [--set key.path=value]... [--resume]   train\n"
+    "  ptrain prepare --input FILE... --out FILE.h5 [--tokenizer byte]  text/JSON -> HDF5 tokens\n"
+    "  ptrain export --run DIR [--step N] --out FILE.h5 [--dtype fp32|bf16]  checkpoint -> HF-named weights\n"
+    "  ptrain --list-layers | --help-config | --help\n";
+
+ValidationContext validation_context(int world) {
+  ValidationContext c;
+  c.world_size = world;
+  c.archs = layers::layer_names(layers::LayerKind::arch);
+  c.norms = layers::layer_names(layers::LayerKind::norm);
+  c.mlps = layers::layer_names(layers::LayerKind::mlp);
+  c.attentions = layers::layer_names(layers::LayerKind::attention);
+  return c;
+}
+
+void on_signal(int sig) { stop_signal().store(sig); }
+
+int world_from_env(const char* var) {
+  const char* v = std::getenv(var);
+  return v ? std::max(1, std::atoi(v)) : 1;
+}
+
+int cmd_train(int argc, char** argv) {
+  po::options_description desc("ptrain training options");
+  std::string cfg_path;
+  std::vector<std::string> sets;
+  desc.add_options()("cfg", po::value(&cfg_path), "YAML config file")(
+      "set", po::value(&sets)->composing(), "override a key: --set model.hidden=256 (value parsed as YAML)")(
+      "resume", "continue from the newest complete checkpoint in checkpoint.dir")("quiet", "no progress lines");
+  po::variables_map vm;
+  po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+  po::notify(vm);
+  if (cfg_path.empty()) throw UserError(fmt::format("missing --cfg FILE.yaml\n{}", kUsage));
+
+  RunOptions opt;
+  opt.resume = vm.count("resume") > 0;
+  opt.quiet = vm.count("quiet") > 0;
+  opt.world_size = world_from_env("OMPI_COMM_WORLD_SIZE");
+  opt.local_ranks = world_from_env("OMPI_COMM_WORLD_LOCAL_SIZE");
+  Config cfg = load_config(cfg_path, sets);
+  validate(cfg, validation_context(opt.world_size));
+
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGINT, on_signal);
+  Trainer trainer(std::move(cfg), opt);
+  return trainer.run();
+}
+
+int cmd_prepare(int argc, char** argv) {
+  po::options_description desc("ptrain prepare");
+  data::PrepareOptions o;
+  desc.add_options()("input", po::value(&o.inputs)->multitoken()->composing(), "input files (.txt, .json, .jsonl)")(
+      "out", po::value(&o.out), "output HDF5 file")("tokenizer", po::value(&o.tokenizer)->default_value("byte"),
+                                                      "tokenizer name");
+  po::variables_map vm;
+  po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+  po::notify(vm);
+  PT_USER_CHECK(!o.inputs.empty(), "prepare: no --input files given\n{}", kUsage);
+  PT_USER_CHECK(!o.out.empty(), "prepare: no --out file given\n{}", kUsage);
+  auto st = data::prepare(o);
+  fmt::print("prepared {}: {} documents, {} tokens ({} tokenizer)\n", o.out, st.documents, st.tokens, o.tokenizer);
+  return 0;
+}
+
+int cmd_export(int argc, char** argv) {
+  po::options_description desc("ptrain export");
+  std::string run, out, dtype = "fp32";
+  int64_t step = -1;
+  desc.add_options()("run", po::value(&run), "run directory (checkpoint.dir)")(
+      "step", po::value(&step), "checkpoint step (default: the newest)")("out", po::value(&out), "output HDF5 file")(
+      "dtype", po::value(&dtype), "stored dtype: fp32 | bf16");
+  po::variables_map vm;
+  po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+  po::notify(vm);
+  PT_USER_CHECK(!run.empty() && !out.empty(), "export: --run DIR and --out FILE.h5 are required\n{}", kUsage);
+  const DType store = parse_dtype(dtype);
+  PT_USER_CHECK(store == DType::f32 || store == DType::bf16, "export: --dtype {} (accepted: fp32, bf16)", dtype);
+  if (step < 0) {
+    auto latest = latest_checkpoint(run, false);
+    PT_USER_CHECK(latest.has_value(), "export: no complete checkpoint in {}", run);
+    step = *latest;
+  }
+  PT_USER_CHECK(std::filesystem::exists(std::filesystem::path(run) / step_dir_name(step) / "meta.json"),
+                "export: {} has no complete checkpoint for step {}", run, step);
+  auto meta = read_meta(run, step);
+  Config cfg = from_json(meta.at("config"));
+  auto spec = model_spec(cfg);
+  spec.dtype = DType::f32;
+  auto model = layers::make_model(spec);
+  auto ws = model->external_weights();
+  const bool low = is_low_precision(cfg.train.precision);
+  std::vector<CkptEntry> entries;
+  std::vector<Tensor> sources;
+  for (auto& w : ws) {
+    Shape full = w.param->value.shape();
+    if (w.rows >= 0) full[0] = w.rows;
+    Tensor t = Tensor::zeros(w.param->value.shape());
+    entries.push_back({low ? "master" : "param", w.name, t, full, {}, DType::f32, true});
+    sources.push_back(t);
+  }
+  read_checkpoint(run, step, entries);
+  write_external_weights(out, ws, sources, store);
+  fmt::print("exported {} tensors of {}/{} to {} ({})\n", ws.size(), run, step_dir_name(step), out, dtype_name(store));
+  return 0;
+}
+
+}  // namespace
+
+int main_entry(int argc, char** argv) {
+  try {
+    const std::string sub = argc > 1 ? argv[1] : "";
+    if (sub == "prepare") return cmd_prepare(argc - 1, argv + 1);
+    if (sub == "export") return cmd_export(argc - 1, argv + 1);
+    if (sub == "--help" || sub == "-h" || sub.empty()) {
+      std::cout << kUsage;
+      return sub.empty() ? 2 : 0;
+    }
+    if (sub == "--list-layers") {
+      std::cout << layers::describe_registry() << "\ntokenizers:\n" << data::describe_tokenizers();
+      return 0;
+    }
+    if (sub == "--help-config") {
+      std::cout << describe_keys();
+      return 0;
+    }
+    return cmd_train(argc, argv);
+  } catch (const UserError& e) {
+    std::cerr << "ptrain: error: " << e.what() << "\n";
+    return 2;
+  } catch (const po::error& e) {
+    std::cerr << "ptrain: error: " << e.what() << "\n" << kUsage;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "ptrain: internal error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace ptrain::launch

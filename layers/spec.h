@@ -1,0 +1,34 @@
+// layers/spec.h — what a model needs to know to build itself.
+//
+// launch/ turns the YAML config into a ModelSpec; layers never see the config
+// itself (dependencies point downwards). Sizes are the full, unsharded ones.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace ptrain::layers {
+
+struct ModelSpec {
+  std::string arch = "llama";
+  int64_t vocab_size = 256;     ///< real vocabulary (the data's token ids are below it)
+  int64_t padded_vocab = 256;   ///< embedding/head rows (>= vocab_size; padding rows stay zero)
+  int64_t hidden = 128;
+  int64_t layers = 2;
+  int64_t heads = 4;
+  int64_t kv_heads = 4;
+  int64_t ffn_hidden = 352;
+  int64_t max_seq_len = 256;
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  bool tie_embeddings = false;
+  std::string norm;       ///< registered norm layer ("" = the architecture's default)
+  std::string attention;  ///< registered attention layer ("" = default)
+  std::string mlp;        ///< registered MLP layer ("" = default)
+  DType dtype = DType::f32;  ///< dtype of the weights the forward pass uses (f32, bf16, f16; f64 in tests)
+
+  int64_t head_dim() const { return hidden / heads; }
+};
+
+}  // namespace ptrain::layers
