@@ -42,15 +42,16 @@ constexpr int64_t kRowBlock = KB_BLOCK;
 
 bool run_parallel(int64_t work) { return work >= kParallelMin && omp_get_max_threads() > 1 && !omp_in_parallel(); }
 
-/// exp(x) in fp32 without branches (Cephes polynomial, ~1 ulp); +inf above ln(FLT_MAX), 0 below
-/// ln(FLT_MIN), NaN for NaN. Same function as in activation.cpp.
-inline float exp_fast(float x) {
-  constexpr float kHi = 88.7228394f, kLo = -87.3365478f, kMagic = 12582912.0f;  // 1.5 * 2^23
-  float xc = x > kHi ? kHi : x;
-  xc = xc < kLo ? kLo : xc;
+/// exp(x) in fp32 for x <= 0 (softmax arguments), without branches: n = round(x log2 e),
+/// r = x - n ln 2 (two-part ln 2), exp(r) by the Cephes degree-6 polynomial (~1 ulp), times
+/// 2^n from the exponent bits. Returns 0 below ln(FLT_MIN) (no denormals), NaN for NaN.
+/// Positive x gives garbage (callers mask those lanes).
+inline float exp_nonpos(float x) {
+  constexpr float kLo = -87.3365478f, kMagic = 12582912.0f;  // 1.5 * 2^23
+  const float xc = x < kLo ? kLo : x;
   const float t = xc * 1.44269504088896341f + kMagic;
   const float n = t - kMagic;
-  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kMagic);
+  const uint32_t ni = std::bit_cast<uint32_t>(t) - std::bit_cast<uint32_t>(kMagic);
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -60,15 +61,20 @@ inline float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t n1 = ni >> 1, n2 = ni - n1;
-  const float s1 = std::bit_cast<float>(static_cast<uint32_t>(n1 + 127) << 23);
-  const float s2 = std::bit_cast<float>(static_cast<uint32_t>(n2 + 127) << 23);
-  float e = p * s1 * s2;
-  e = x > kHi ? std::numeric_limits<float>::infinity() : e;
-  e = x < kLo ? 0.0f : e;
-  return e;
+  const float e = p * std::bit_cast<float>((ni + 127u) << 23);
+  return x < kLo ? 0.0f : e;
 }
-inline double exp_fast(double x) { return std::exp(x); }
+inline double exp_nonpos(double x) { return std::exp(x); }
+
+/// dst[d * ld_dst + j] = src[j * ld_src + d] for j < rows, d < D: a [rows, D] slice transposed,
+/// so that gemm multiplies by it untransposed (OpenBLAS is markedly faster on NN than on NT
+/// products when the inner dimension is a small head dim).
+template <class T>
+[[gnu::noinline]] void transpose_to(const T* __restrict__ src, int64_t ld_src, T* __restrict__ dst, int64_t ld_dst, int64_t rows,
+                  int64_t D) {
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t j = 0; j < rows; ++j) dst[d * ld_dst + j] = src[j * ld_src + d];
+}
 
 /// sum_{i<n} f(i): kLanes interleaved accumulators (kept in registers: constant lane indices)
 /// combined pairwise, then the scalar tail; a fixed order for a given n.
@@ -85,34 +91,44 @@ inline T lane_sum(int64_t n, F f) {
   return acc[0] + tail;
 }
 
-/// max_{i<n} s[i] (exact in any order).
-template <class T>
-inline T lane_max(const T* __restrict__ s, int64_t n) {
-  T mx[kLanes];
-  for (int l = 0; l < kLanes; ++l) mx[l] = -std::numeric_limits<T>::infinity();
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) mx[l] = s[i + l] > mx[l] ? s[i + l] : mx[l];
-  for (int w = kLanes / 2; w > 0; w /= 2)
-    for (int l = 0; l < w; ++l) mx[l] = mx[l + w] > mx[l] ? mx[l + w] : mx[l];
-  T m = mx[0];
-  for (; i < n; ++i) m = s[i] > m ? s[i] : m;
-  return m;
-}
-
 /// Causal softmax of one score row in place: s[0, n) <- softmax(s[0, n)) (max subtracted,
 /// multiplied by 1/sum as torch does), s[n, width) <- 0. Entries in [n, width) must be finite
-/// (they are computed, masked scores); processing whole vectors up to round_up(n, kLanes)
-/// with a select instead of a scalar tail keeps the exp vectorised.
+/// (computed, masked scores): the row is processed in whole vectors of kLanes up to
+/// round_up(n, kLanes) with a select instead of a scalar tail, so the exp stays vectorised.
+/// The sum uses kLanes interleaved accumulators in a fixed order.
 template <class T>
 void causal_softmax_row(T* __restrict__ s, int64_t n, int64_t width) {
-  const T m = lane_max(s, n);
   const int64_t w = std::min(width, (n + kLanes - 1) / kLanes * kLanes);
-  for (int64_t j = 0; j < w; ++j) {
-    const T e = exp_fast(s[j] - m);
-    s[j] = j < n ? e : T(0);
+  const int64_t wv = w / kLanes * kLanes;  // whole vectors; [wv, w) only when width % kLanes != 0
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  T mx[kLanes];
+  for (int l = 0; l < kLanes; ++l) mx[l] = kNegInf;
+  for (int64_t i = 0; i < wv; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T v = i + l < n ? s[i + l] : kNegInf;
+      mx[l] = v > mx[l] ? v : mx[l];
+    }
+  for (int w2 = kLanes / 2; w2 > 0; w2 /= 2)
+    for (int l = 0; l < w2; ++l) mx[l] = mx[l + w2] > mx[l] ? mx[l + w2] : mx[l];
+  T m = mx[0];
+  for (int64_t j = wv; j < n; ++j) m = s[j] > m ? s[j] : m;
+
+  T acc[kLanes] = {};
+  for (int64_t i = 0; i < wv; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T e = i + l < n ? exp_nonpos(s[i + l] - m) : T(0);
+      s[i + l] = e;
+      acc[l] += e;
+    }
+  for (int w2 = kLanes / 2; w2 > 0; w2 /= 2)
+    for (int l = 0; l < w2; ++l) acc[l] += acc[l + w2];
+  T sum = acc[0];
+  for (int64_t j = wv; j < w; ++j) {
+    const T e = j < n ? exp_nonpos(s[j] - m) : T(0);
+    s[j] = e;
+    sum += e;
   }
-  const T inv = T(1) / lane_sum<T>(w, [=](int64_t j) { return s[j]; });
+  const T inv = T(1) / sum;
   for (int64_t j = 0; j < w; ++j) s[j] *= inv;
   for (int64_t j = w; j < width; ++j) s[j] = T(0);
 }
@@ -144,39 +160,31 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, T* probs, int
   const T scale = T(1) / std::sqrt(static_cast<T>(D));
 #pragma omp parallel if (run_parallel(B * Hq * Tn * Tn * D))
   {
-  std::vector<T> kt_buf(static_cast<size_t>(D * Tn));
+    std::vector<T> kt(static_cast<size_t>(D * Tn));  // K^T [D, Tn] of the current (b, kv head)
 #pragma omp for schedule(static)
-  for (int64_t pair = 0; pair < B * Hkv; ++pair) {
-    const int64_t b = pair / Hkv, hk = pair % Hkv;
-    const T* kb = k + b * Tn * ldkv + hk * D;  // [Tn, D] with row stride ldkv
-    const T* vb = v + b * Tn * ldkv + hk * D;  // [Tn, D] with row stride ldkv
-#ifdef KB_KT
-    T* kt = kt_buf.data();
-    for (int64_t j = 0; j < Tn; ++j)
-      for (int64_t d = 0; d < D; ++d) kt[d * Tn + j] = kb[j * ldkv + d];
-#endif
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t h = hk * G + g;
-      const T* qb = q + b * Tn * ldq + h * D;  // [Tn, D] with row stride ldq
-      T* ob = out + b * Tn * ldq + h * D;      // [Tn, D] with row stride ldq
-      T* P = probs + (b * Hq + h) * Tn * Tn;   // [Tn, Tn]
-      for (int64_t r0 = 0; r0 < Tn; r0 += kRowBlock) {
-        const int64_t r1 = std::min(Tn, r0 + kRowBlock), rows = r1 - r0;
-        T* Pb = P + r0 * Tn;
-        // S[r0:r1, 0:r1] = scale * Q[r0:r1] K[0:r1]^T
-#ifdef KB_KT
-        gemm<T>(false, false, rows, r1, D, scale, qb + r0 * ldq, ldq, kt, Tn, T(0), Pb, Tn);
-#else
-        gemm<T>(false, true, rows, r1, D, scale, qb + r0 * ldq, ldq, kb, ldkv, T(0), Pb, Tn);
-#endif
-        for (int64_t t = r0; t < r1; ++t) causal_softmax_row(P + t * Tn, t + 1, r1);
-        if (r1 < Tn)
-          for (int64_t t = r0; t < r1; ++t) std::fill(P + t * Tn + r1, P + (t + 1) * Tn, T(0));
-        // O[r0:r1] = P[r0:r1, 0:r1] V[0:r1]
-        gemm<T>(false, false, rows, D, r1, T(1), Pb, Tn, vb, ldkv, T(0), ob + r0 * ldq, ldq);
+    for (int64_t pair = 0; pair < B * Hkv; ++pair) {
+      const int64_t b = pair / Hkv, hk = pair % Hkv;
+      const T* kb = k + b * Tn * ldkv + hk * D;  // [Tn, D] with row stride ldkv
+      const T* vb = v + b * Tn * ldkv + hk * D;  // [Tn, D] with row stride ldkv
+      transpose_to(kb, ldkv, kt.data(), Tn, Tn, D);
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = hk * G + g;
+        const T* qb = q + b * Tn * ldq + h * D;  // [Tn, D] with row stride ldq
+        T* ob = out + b * Tn * ldq + h * D;      // [Tn, D] with row stride ldq
+        T* P = probs + (b * Hq + h) * Tn * Tn;   // [Tn, Tn]
+        for (int64_t r0 = 0; r0 < Tn; r0 += kRowBlock) {
+          const int64_t r1 = std::min(Tn, r0 + kRowBlock), rows = r1 - r0;
+          T* Pb = P + r0 * Tn;  // [rows, Tn]
+          // S[r0:r1, 0:r1] = scale * Q[r0:r1] K^T[:, 0:r1]
+          gemm<T>(false, false, rows, r1, D, scale, qb + r0 * ldq, ldq, kt.data(), Tn, T(0), Pb, Tn);
+          for (int64_t t = r0; t < r1; ++t) causal_softmax_row(P + t * Tn, t + 1, r1);
+          if (r1 < Tn)
+            for (int64_t t = r0; t < r1; ++t) std::fill(P + t * Tn + r1, P + (t + 1) * Tn, T(0));
+          // O[r0:r1] = P[r0:r1, 0:r1] V[0:r1]
+          gemm<T>(false, false, rows, D, r1, T(1), Pb, Tn, vb, ldkv, T(0), ob + r0 * ldq, ldq);
+        }
       }
     }
-  }
   }
 }
 
@@ -194,6 +202,7 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
 #pragma omp parallel if (run_parallel(2 * B * Hq * Tn * Tn * D))
   {
     std::vector<T> scratch(need_ds ? static_cast<size_t>(block * Tn) : 0);  // dP/dS [block, Tn]
+    std::vector<T> vt(need_ds ? static_cast<size_t>(D * Tn) : 0);         // V^T [D, Tn]
 #pragma omp for schedule(static)
     for (int64_t pair = 0; pair < B * Hkv; ++pair) {
       const int64_t b = pair / Hkv, hk = pair % Hkv;
@@ -201,6 +210,7 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
       const T* vb = v + b * Tn * ldkv + hk * D;
       T* dkb = dk ? dk + b * Tn * ldkv + hk * D : nullptr;
       T* dvb = dv ? dv + b * Tn * ldkv + hk * D : nullptr;
+      if (need_ds) transpose_to(vb, ldkv, vt.data(), Tn, Tn, D);
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = hk * G + g;
         const T* qb = q + b * Tn * ldq + h * D;  // [Tn, D] with row stride ldq
@@ -214,8 +224,8 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
           if (dvb) gemm<T>(true, false, r1, D, rows, T(1), Pb, Tn, dob + r0 * ldq, ldq, T(1), dvb, ldkv);
           if (!need_ds) continue;
           T* dS = scratch.data();  // [rows, r1] with row stride Tn
-          // dP[r0:r1, 0:r1] = dO[r0:r1] V[0:r1]^T, then dS in place
-          gemm<T>(false, true, rows, r1, D, T(1), dob + r0 * ldq, ldq, vb, ldkv, T(0), dS, Tn);
+          // dP[r0:r1, 0:r1] = dO[r0:r1] V^T[:, 0:r1], then dS in place
+          gemm<T>(false, false, rows, r1, D, T(1), dob + r0 * ldq, ldq, vt.data(), Tn, T(0), dS, Tn);
           for (int64_t t = r0; t < r1; ++t) softmax_backward_row(dS + (t - r0) * Tn, P + t * Tn, r1);
           // dQ[r0:r1] += scale dS K[0:r1] ; dK[0:r1] += scale dS^T Q[r0:r1]
           if (dqb) gemm<T>(false, false, rows, D, r1, scale, dS, Tn, kb, ldkv, T(1), dqb + r0 * ldq, ldq);
