@@ -705,13 +705,14 @@ void check_keys(const std::string& section, const YAML::Node& node, const Source
   }
   std::set<std::string> seen;
   for (auto it = node.begin(); it != node.end(); ++it) {
-    const YAML::Node& k = it->first;
+    const YAML::Node k = it->first;  // a copy: it-> returns a temporary proxy
     const std::string key = k.IsScalar() ? k.Scalar() : flow(k);
     const std::string path = section.empty() ? key : section + "." + key;
     if (!seen.insert(key).second) fail(fmt::format("{}: key given twice{}", path, where(src, k)));
     if (sc.is_leaf(path)) continue;
     if (sc.is_section(path)) {
-      check_keys(path, it->second, src);
+      const YAML::Node value = it->second;
+      check_keys(path, value, src);
       continue;
     }
     fail(unknown_key(path) + where(src, k));

@@ -31,17 +31,19 @@ constexpr int kLanes = 16;
 
 bool run_parallel(int64_t work) { return work >= kParallelMin && omp_get_max_threads() > 1 && !omp_in_parallel(); }
 
-/// sum_{i<n} f(i) with kLanes interleaved accumulators combined pairwise (fixed order).
+/// sum_{i<n} f(i): kLanes interleaved accumulators (kept in registers: constant lane indices)
+/// combined pairwise, then the scalar tail; a fixed order for a given n.
 template <class T, class F>
 inline T lane_sum(int64_t n, F f) {
   T acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int l = 0; l < kLanes; ++l) acc[l] += f(i + l);
-  for (int l = 0; i < n; ++i, ++l) acc[l] += f(i);
   for (int w = kLanes / 2; w > 0; w /= 2)
     for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-  return acc[0];
+  T tail = T(0);
+  for (; i < n; ++i) tail += f(i);
+  return acc[0] + tail;
 }
 
 /// Runs body(r0, r1, partial) over chunks of kReduceChunk rows (threads take whole chunks),
