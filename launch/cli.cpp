@@ -99,8 +99,9 @@ int cmd_export(int argc, char** argv) {
   po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   po::notify(vm);
   PT_USER_CHECK(!run.empty() && !out.empty(), "export: --run DIR and --out FILE.h5 are required\n{}", kUsage);
+  PT_USER_CHECK(dtype == "fp32" || dtype == "bf16", "export: --dtype {} is not a stored dtype (accepted: fp32, bf16)",
+                dtype);
   const DType store = parse_dtype(dtype);
-  PT_USER_CHECK(store == DType::f32 || store == DType::bf16, "export: --dtype {} (accepted: fp32, bf16)", dtype);
   if (step < 0) {
     auto latest = latest_checkpoint(run, false);
     PT_USER_CHECK(latest.has_value(), "export: no complete checkpoint in {}", run);

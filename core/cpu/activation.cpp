@@ -30,16 +30,18 @@ constexpr int64_t kBlock = 8192;
 
 bool run_parallel(int64_t work) { return work >= kParallelMin && omp_get_max_threads() > 1 && !omp_in_parallel(); }
 
-/// exp(x) in fp32 without branches: n = round(x log2 e), r = x - n ln 2 (two-part ln 2),
-/// exp(r) by the Cephes degree-6 polynomial, times 2^n built in two halves (so n = -126..128
-/// stay normal). Returns +inf above ln(FLT_MAX), 0 below ln(FLT_MIN) (no denormals), NaN for NaN.
+/// exp(x) in fp32 without branches, for the denominators 1 + exp(.) of the sigmoids here:
+/// n = round(x log2 e), r = x - n ln 2 (two-part ln 2), exp(r) by the Cephes degree-6
+/// polynomial (~1 ulp), times 2^n from the exponent bits (n in [-126, 127]). Returns 0 below
+/// ln(FLT_MIN) (no denormals) and +inf above 127 ln 2 = 88.03 (exact exp is finite up to 88.72:
+/// irrelevant for 1 / (1 + exp)), NaN for NaN.
 inline float exp_fast(float x) {
-  constexpr float kHi = 88.7228394f, kLo = -87.3365478f, kMagic = 12582912.0f;  // 1.5 * 2^23
+  constexpr float kHi = 88.0296919f, kLo = -87.3365447f, kMagic = 12582912.0f;  // 1.5 * 2^23
   float xc = x > kHi ? kHi : x;
   xc = xc < kLo ? kLo : xc;
   const float t = xc * 1.44269504088896341f + kMagic;
   const float n = t - kMagic;
-  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kMagic);
+  const uint32_t ni = std::bit_cast<uint32_t>(t) - std::bit_cast<uint32_t>(kMagic);
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -49,13 +51,9 @@ inline float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t n1 = ni >> 1, n2 = ni - n1;
-  const float s1 = std::bit_cast<float>(static_cast<uint32_t>(n1 + 127) << 23);
-  const float s2 = std::bit_cast<float>(static_cast<uint32_t>(n2 + 127) << 23);
-  float e = p * s1 * s2;
+  float e = p * std::bit_cast<float>((ni + 127u) << 23);
   e = x > kHi ? std::numeric_limits<float>::infinity() : e;
-  e = x < kLo ? 0.0f : e;
-  return e;
+  return x < kLo ? 0.0f : e;
 }
 inline double exp_fast(double x) { return std::exp(x); }
 

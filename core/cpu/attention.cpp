@@ -76,6 +76,17 @@ template <class T>
     for (int64_t j = 0; j < rows; ++j) dst[d * ld_dst + j] = src[j * ld_src + d];
 }
 
+/// acc[0] <- pairwise sum of the kLanes accumulators (acc[l] += acc[l + 8], then + 4, + 2, + 1);
+/// constant trip counts so the lanes stay in registers.
+template <class T>
+inline void combine_lanes(T (&acc)[kLanes]) {
+  static_assert(kLanes == 16);
+  for (int l = 0; l < 8; ++l) acc[l] += acc[l + 8];
+  for (int l = 0; l < 4; ++l) acc[l] += acc[l + 4];
+  for (int l = 0; l < 2; ++l) acc[l] += acc[l + 2];
+  acc[0] += acc[1];
+}
+
 /// sum_{i<n} f(i): kLanes interleaved accumulators (kept in registers: constant lane indices)
 /// combined pairwise, then the scalar tail; a fixed order for a given n.
 template <class T, class F>
@@ -84,8 +95,7 @@ inline T lane_sum(int64_t n, F f) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int l = 0; l < kLanes; ++l) acc[l] += f(i + l);
-  for (int w = kLanes / 2; w > 0; w /= 2)
-    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  combine_lanes(acc);
   T tail = T(0);
   for (; i < n; ++i) tail += f(i);
   return acc[0] + tail;
@@ -108,8 +118,10 @@ void causal_softmax_row(T* __restrict__ s, int64_t n, int64_t width) {
       const T v = i + l < n ? s[i + l] : kNegInf;
       mx[l] = v > mx[l] ? v : mx[l];
     }
-  for (int w2 = kLanes / 2; w2 > 0; w2 /= 2)
-    for (int l = 0; l < w2; ++l) mx[l] = mx[l + w2] > mx[l] ? mx[l + w2] : mx[l];
+  for (int l = 0; l < 8; ++l) mx[l] = mx[l + 8] > mx[l] ? mx[l + 8] : mx[l];
+  for (int l = 0; l < 4; ++l) mx[l] = mx[l + 4] > mx[l] ? mx[l + 4] : mx[l];
+  for (int l = 0; l < 2; ++l) mx[l] = mx[l + 2] > mx[l] ? mx[l + 2] : mx[l];
+  mx[0] = mx[1] > mx[0] ? mx[1] : mx[0];
   T m = mx[0];
   for (int64_t j = wv; j < n; ++j) m = s[j] > m ? s[j] : m;
 
@@ -120,8 +132,7 @@ void causal_softmax_row(T* __restrict__ s, int64_t n, int64_t width) {
       s[i + l] = e;
       acc[l] += e;
     }
-  for (int w2 = kLanes / 2; w2 > 0; w2 /= 2)
-    for (int l = 0; l < w2; ++l) acc[l] += acc[l + w2];
+  combine_lanes(acc);
   T sum = acc[0];
   for (int64_t j = wv; j < w; ++j) {
     const T e = j < n ? exp_nonpos(s[j] - m) : T(0);

@@ -31,6 +31,17 @@ constexpr int kLanes = 16;
 
 bool run_parallel(int64_t work) { return work >= kParallelMin && omp_get_max_threads() > 1 && !omp_in_parallel(); }
 
+/// acc[0] <- pairwise sum of the kLanes accumulators (acc[l] += acc[l + 8], then + 4, + 2, + 1);
+/// constant trip counts so the lanes stay in registers.
+template <class T>
+inline void combine_lanes(T (&acc)[kLanes]) {
+  static_assert(kLanes == 16);
+  for (int l = 0; l < 8; ++l) acc[l] += acc[l + 8];
+  for (int l = 0; l < 4; ++l) acc[l] += acc[l + 4];
+  for (int l = 0; l < 2; ++l) acc[l] += acc[l + 2];
+  acc[0] += acc[1];
+}
+
 /// sum_{i<n} f(i): kLanes interleaved accumulators (kept in registers: constant lane indices)
 /// combined pairwise, then the scalar tail; a fixed order for a given n.
 template <class T, class F>
@@ -39,8 +50,7 @@ inline T lane_sum(int64_t n, F f) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int l = 0; l < kLanes; ++l) acc[l] += f(i + l);
-  for (int w = kLanes / 2; w > 0; w /= 2)
-    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  combine_lanes(acc);
   T tail = T(0);
   for (; i < n; ++i) tail += f(i);
   return acc[0] + tail;

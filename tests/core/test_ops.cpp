@@ -120,8 +120,9 @@ const std::vector<OpCase>& op_cases() {
                    const auto g = l[0].grad().to_double_vector();
                    for (int64_t i = 0; i < 5; ++i)
                      for (int64_t j = 0; j < 8; ++j)
-                       if (i == 1 || j >= 6)
+                       if (i == 1 || j >= 6) {
                          EXPECT_EQ(g[static_cast<size_t>(i * 8 + j)], 0.0) << "padded column / ignored row " << i << "," << j;
+                       }
                  }});
     c.push_back({"view", OpId::view, {{2, 6}}, 1.0,
                  [](const std::vector<Tensor>& l) { return std::vector<Tensor>{ops::view(l[0], {3, -1})}; }, nullptr});
@@ -142,6 +143,9 @@ const std::vector<OpCase>& op_cases() {
   }();
   return cases;
 }
+
+/// gtest prints a failing case by its name.
+void PrintTo(const OpCase& c, std::ostream* os) { *os << c.name; }
 
 std::vector<std::vector<double>> leaf_values(const OpCase& c) {
   std::vector<std::vector<double>> v;
@@ -220,10 +224,11 @@ TEST(OpsCoverage, EveryOpIdHasAGradientCase) {
     c.forward(leaves);
     const auto counts = tape.op_counts();
     for (size_t op = 0; op < counts.size(); ++op) {
-      if (op == static_cast<size_t>(c.op))
+      if (op == static_cast<size_t>(c.op)) {
         EXPECT_GT(counts[op], 0) << c.name << " does not record " << kOpNames[op];
-      else
+      } else {
         EXPECT_EQ(counts[op], 0) << c.name << " also records " << kOpNames[op] << "; a case must isolate its op";
+      }
       covered[op] += counts[op];
     }
   }
@@ -342,7 +347,7 @@ TEST(OpsShapeErrors, MessagesNameBothShapes) {
   expect_error_naming([&] { ops::view(t({2, 6}), {3, 5}); }, {"[2, 6]", "[3, 5]"}, "view numel");
   expect_error_naming([&] { ops::embedding(Tensor::from_vector_i32({0, 7}, {2}), t({6, 4})); }, {"7", "6"},
                       "embedding id out of range");
-  expect_error_naming([&] { ops::add(t({2, 3}), Tensor::zeros({2, 3})); }, {"f64", "f32"}, "add mixing f64/f32");
+  expect_error_naming([&] { ops::add(t({2, 3}), Tensor::zeros({2, 3})); }, {"f64", "fp32"}, "add mixing f64/fp32");
 }
 
 }  // namespace
