@@ -32,3 +32,58 @@ function(ptrain_test name)
   set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
     ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
 endfunction()
+
+# ---- MPI launches (tests, and trainer tests that run `mpirun ... ptrain`) ----
+# PTRAIN_MPIEXEC_FLAGS: a CMake list of mpirun flags placed before `-np N`. For Open MPI:
+#   --allow-run-as-root   containers and CI run as root; mpirun refuses otherwise.
+#   --oversubscribe       4 ranks on a 2-core machine (default slots = cores).
+#   --bind-to none        no core binding: oversubscribed ranks bound to one core crawl.
+#   --mca pml ob1 --mca btl self,vader  shared memory only: no UCX/openib/tcp probing
+#                         (slow start, warnings about missing devices in containers).
+#   --mca btl_vader_single_copy_mechanism none  CMA (process_vm_readv) needs ptrace
+#                         rights that containers without CAP_SYS_PTRACE lack; large
+#                         messages then fail with "Read -1, expected ..., errno = 1".
+# Other MPIs (MPICH) get no flags. Override with -DPTRAIN_MPIEXEC_FLAGS="a;b;c".
+if(NOT DEFINED PTRAIN_MPIEXEC_FLAGS)
+  set(_ptrain_mpi_flags "")
+  if(MPIEXEC_EXECUTABLE)
+    execute_process(COMMAND ${MPIEXEC_EXECUTABLE} --version OUTPUT_VARIABLE _ptrain_mpiexec_version
+                    ERROR_VARIABLE _ptrain_mpiexec_version RESULT_VARIABLE _ptrain_mpiexec_rc)
+    if(_ptrain_mpiexec_version MATCHES "Open MPI|OpenRTE")
+      set(_ptrain_mpi_flags --allow-run-as-root --oversubscribe --bind-to none --mca pml ob1
+          --mca btl self,vader --mca btl_vader_single_copy_mechanism none)
+    endif()
+  endif()
+  set(PTRAIN_MPIEXEC_FLAGS "${_ptrain_mpi_flags}" CACHE STRING
+      "mpirun flags (a CMake list) placed before -np N in mpi tests and trainer launches")
+endif()
+
+# ptrain_mpi_test(NAME SOURCES... [NP n] [DEPS x] [LABELS l] [TIMEOUT s]): one GoogleTest
+# binary (main from tests/parallel/mpi_test_main.cpp: every rank runs every test, rank 0
+# prints, the exit status is combined over ranks) run as one ctest case
+# `mpirun ${PTRAIN_MPIEXEC_FLAGS} -np n binary` (label mpi, NP default 4). Tests of one NP
+# hold the resource lock mpi<NP> so two of them never share the cores at once.
+function(ptrain_mpi_test name)
+  cmake_parse_arguments(A "" "NP;TIMEOUT" "SOURCES;LABELS;DEPS" ${ARGN})
+  if(NOT A_NP)
+    set(A_NP 4)
+  endif()
+  if(NOT A_TIMEOUT)
+    set(A_TIMEOUT 120)
+  endif()
+  if(NOT A_LABELS)
+    set(A_LABELS mpi)
+  endif()
+  if(NOT TARGET ptrain_mpi_test_main)
+    add_library(ptrain_mpi_test_main OBJECT ${PROJECT_SOURCE_DIR}/tests/parallel/mpi_test_main.cpp)
+    target_link_libraries(ptrain_mpi_test_main PUBLIC ptrain_core MPI::MPI_CXX GTest::gtest)
+    target_compile_options(ptrain_mpi_test_main PRIVATE ${PTRAIN_WARNINGS})
+  endif()
+  add_executable(${name} ${A_SOURCES} $<TARGET_OBJECTS:ptrain_mpi_test_main>)
+  target_link_libraries(${name} PRIVATE ${A_DEPS} ptrain_core MPI::MPI_CXX GTest::gtest)
+  target_compile_options(${name} PRIVATE ${PTRAIN_WARNINGS})
+  add_test(NAME ${name} COMMAND ${MPIEXEC_EXECUTABLE} ${PTRAIN_MPIEXEC_FLAGS} -np ${A_NP}
+                                $<TARGET_FILE:${name}>)
+  set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT} RESOURCE_LOCK mpi${A_NP}
+    ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
+endfunction()

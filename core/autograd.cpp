@@ -2,6 +2,7 @@
 #include "core/autograd.h"
 
 #include <atomic>
+#include <unordered_map>
 
 #include "core/cpu/kernels.h"
 
@@ -82,7 +83,7 @@ Tensor BackwardCtx::take_grad_out(size_t i) {
 
 void BackwardCtx::weight_grad(std::function<void()> fn) {
   if (tape_->split_)
-    tape_->deferred_.push_back(std::move(fn));
+    tape_->deferred_.push_back({std::move(fn), nullptr});  // Tape::backward attaches the entry's leaves
   else
     fn();
 }
@@ -180,6 +181,7 @@ void Tape::backward(const std::vector<Tensor>& roots, const std::vector<Tensor>&
     else
       add_into(g, seeds[r]);
   }
+  prepare_leaf_hook();
   BackwardCtx ctx;
   ctx.tape_ = this;
   for (size_t k = entries_.size(); k-- > 0;) {
@@ -190,6 +192,7 @@ void Tape::backward(const std::vector<Tensor>& roots, const std::vector<Tensor>&
       ctx.grad_out_.push_back(slot_grads_[static_cast<size_t>(s)]);
       any = any || ctx.grad_out_.back().defined();
     }
+    const size_t queued_before = deferred_.size();
     if (any) {
       ctx.entry_ = k;
       e.backward(ctx);
@@ -198,15 +201,74 @@ void Tape::backward(const std::vector<Tensor>& roots, const std::vector<Tensor>&
     for (int64_t s : e.output_slots)
       if (!slot_keep_[static_cast<size_t>(s)]) slot_grads_[static_cast<size_t>(s)] = Tensor();
     e.backward = nullptr;  // releases saved tensors
+    if (k < entry_leaves_.size() && entry_leaves_[k]) {
+      const auto& leaves = entry_leaves_[k];
+      const auto queued = static_cast<int64_t>(deferred_.size() - queued_before);
+      for (size_t d = queued_before; d < deferred_.size(); ++d) deferred_[d].leaves = leaves;
+      for (const auto& st : *leaves) {
+        st->ran = st->ran || any;
+        st->closures_left += queued;
+        --st->entries_left;
+      }
+      for (const auto& st : *leaves) maybe_fire(*st);
+    }
   }
   entries_.clear();
+  entry_leaves_.clear();
   split_ = false;
+}
+
+// Which leaves each entry can contribute to, counted over the entries a gradient can reach:
+// an entry is reachable when one of its output slots holds a gradient (a root) or is an input
+// of a reachable later entry. Unreachable entries never run, so they do not hold a leaf back.
+void Tape::prepare_leaf_hook() {
+  entry_leaves_.clear();
+  if (!leaf_hook_) return;
+  entry_leaves_.resize(entries_.size());
+  std::vector<bool> live(slot_grads_.size());
+  for (size_t s = 0; s < slot_grads_.size(); ++s) live[s] = slot_grads_[s].defined();
+  std::unordered_map<const TensorImpl*, std::shared_ptr<LeafState>> states;
+  for (size_t k = entries_.size(); k-- > 0;) {
+    const TapeEntry& e = entries_[k];
+    bool reachable = false;
+    for (int64_t s : e.output_slots) reachable = reachable || live[static_cast<size_t>(s)];
+    if (!reachable) continue;
+    for (int64_t s : e.input_slots)
+      if (s >= 0) live[static_cast<size_t>(s)] = true;
+    LeafList leaves;
+    for (const Tensor& t : e.leaf_inputs) {
+      if (!t.defined()) continue;
+      auto& st = states[t.id()];
+      if (!st) {
+        st = std::make_shared<LeafState>();
+        st->leaf = t;
+      }
+      bool seen = false;  // the same leaf twice in one entry (mul(w, w)) counts once
+      for (const auto& l : leaves) seen = seen || l == st;
+      if (seen) continue;
+      ++st->entries_left;
+      leaves.push_back(st);
+    }
+    if (!leaves.empty()) entry_leaves_[k] = std::make_shared<const LeafList>(std::move(leaves));
+  }
+}
+
+void Tape::maybe_fire(LeafState& s) {
+  if (s.fired || !s.ran || s.entries_left > 0 || s.closures_left > 0) return;
+  s.fired = true;
+  if (leaf_hook_) leaf_hook_(s.leaf);
 }
 
 void Tape::backward_weights() {
   auto work = std::move(deferred_);
   deferred_.clear();
-  for (auto& fn : work) fn();
+  for (auto& d : work) {
+    d.fn();
+    d.fn = nullptr;  // releases what the closure saved
+    if (!d.leaves) continue;
+    for (const auto& st : *d.leaves) --st->closures_left;
+    for (const auto& st : *d.leaves) maybe_fire(*st);
+  }
 }
 
 std::vector<int64_t> Tape::op_counts() const {
@@ -220,6 +282,7 @@ void Tape::clear() {
   slot_grads_.clear();
   slot_keep_.clear();
   deferred_.clear();
+  entry_leaves_.clear();
 }
 
 TapeGuard::TapeGuard(Tape* tape) : prev_(g_current_tape) { g_current_tape = tape; }

@@ -15,6 +15,11 @@
 //    pack/unpack hooks: where activation offload and recompute plug in.
 //  * Weight-gradient work may be deferred (BackwardCtx::weight_grad) so a zero-bubble
 //    pipeline schedule can run input gradients first and weight gradients later.
+//  * Leaf hook (Tape::set_leaf_hook): during backward()/backward_weights() the hook is called
+//    exactly once per leaf requiring grad that some entry which ran backward had as an input,
+//    right after the last of this tape's contributions to that leaf's gradient (deferred
+//    weight-gradient closures included), so its grad_buffer is final for this tape when the
+//    hook sees it. Data-parallel gradient reduction starts from there while backward runs on.
 #pragma once
 #include <functional>
 #include <memory>
@@ -71,6 +76,7 @@ class BackwardCtx {
   /// g must not be used by the caller afterwards.
   void accumulate(size_t i, Tensor g);
   /// Runs `fn` now, or queues it when the tape splits weight gradients (zero-bubble).
+  /// A queued closure may add to any leaf input of this op (the leaf hook assumes so).
   void weight_grad(std::function<void()> fn);
 
  private:
@@ -123,6 +129,21 @@ class Tape {
   void watch(Tensor& t);
 
   void set_hooks(SavedTensorHooks* hooks) { hooks_ = hooks; }
+  /// Called with each leaf (parameter) as soon as its gradient is final for this tape.
+  ///
+  /// Invariant (per backward pass): in backward() — and in backward_weights() for contributions that
+  /// backward(..., split_weight_grads=true) deferred — hook(leaf) is called exactly once per
+  /// leaf that requires grad and was an input of a recorded entry whose backward ran (an
+  /// entry runs when a gradient reached one of its outputs), immediately after the last
+  /// entry or deferred weight-gradient closure of this tape that can add to its gradient
+  /// (entries visited in reverse recording order; deferred closures in queue order). A leaf
+  /// used by several entries (a tied embedding: embedding and LM head) fires after the last
+  /// of them; a leaf that gets contributions both directly in the input-gradient pass and
+  /// from deferred closures fires only after all of them. Leaves no gradient reaches never
+  /// fire. Gradient accumulation over several tapes: the hook sees this tape's final value
+  /// (install it on the last micro-batch's tape only). Set it before backward(); an empty
+  /// function removes it. Exceptions thrown by the hook propagate out of backward().
+  void set_leaf_hook(std::function<void(const Tensor& leaf)> hook) { leaf_hook_ = std::move(hook); }
   DType param_grad_dtype() const { return param_grad_dtype_; }
   size_t size() const { return entries_.size(); }
   /// Per-op counts of recorded entries (for tests and the op-coverage counters).
@@ -138,7 +159,26 @@ class Tape {
   std::vector<TapeEntry> entries_;
   std::vector<Tensor> slot_grads_;
   std::vector<bool> slot_keep_;  ///< slots whose gradient survives backward (watched inputs)
-  std::vector<std::function<void()>> deferred_;
+  /// Leaf-hook bookkeeping for one leaf in one backward pass.
+  struct LeafState {
+    Tensor leaf;
+    int64_t entries_left = 0;   ///< reachable entries with this leaf not yet visited
+    int64_t closures_left = 0;  ///< queued weight-gradient closures that may add to it, not yet run
+    bool ran = false;           ///< an entry with this leaf ran backward
+    bool fired = false;
+  };
+  using LeafList = std::vector<std::shared_ptr<LeafState>>;
+  /// A queued weight-gradient closure and the leaves of the entry that queued it.
+  struct Deferred {
+    std::function<void()> fn;
+    std::shared_ptr<const LeafList> leaves;  ///< null when no leaf hook was set
+  };
+  void prepare_leaf_hook();
+  void maybe_fire(LeafState& s);
+
+  std::vector<Deferred> deferred_;
+  std::function<void(const Tensor&)> leaf_hook_;
+  std::vector<std::shared_ptr<const LeafList>> entry_leaves_;  ///< per entry, its distinct leaves (backward pass)
   bool split_ = false;
   SavedTensorHooks* hooks_ = nullptr;
   DType param_grad_dtype_;

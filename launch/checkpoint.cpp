@@ -1,6 +1,8 @@
 // launch/checkpoint.cpp — atomic, layout-independent checkpoints.
 #include "launch/checkpoint.h"
 
+#include <map>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -116,14 +118,19 @@ void write_rank_file(const std::string& dir, int64_t step, int rank, const std::
   const std::string path = (tmpdir / fmt::format("rank_{:05d}.h5", rank)).string();
   {
     h5::File f = h5::File::create(path);
+    std::map<std::string, int> pieces;  // several slabs of one tensor (fused q,k,v under TP): name, name@1, ...
     for (const auto& e : entries) {
       if (!e.write) continue;
       const Shape off = e.offset.empty() ? zeros_like_shape(e.full_shape) : e.offset;
       Tensor block = e.tensor;
       // Vocabulary padding: rows beyond the full shape are not part of the checkpoint.
-      if (block.ndim() >= 1 && off[0] + block.dim(0) > e.full_shape[0])
-        block = block.rows(0, std::max<int64_t>(0, e.full_shape[0] - off[0]));
-      const std::string name = e.group + "/" + e.name;
+      if (block.ndim() >= 1 && off[0] + block.dim(0) > e.full_shape[0]) {
+        if (off[0] >= e.full_shape[0]) continue;  // a slab of padding rows only
+        block = block.rows(0, e.full_shape[0] - off[0]);
+      }
+      std::string name = e.group + "/" + e.name;
+      const int k = pieces[name]++;
+      if (k > 0) name.append(1, '@').append(std::to_string(k));
       h5::write(f, name, block, e.store);
       h5::write_attr(f, name, "full_shape", std::vector<int64_t>(e.full_shape.begin(), e.full_shape.end()));
       h5::write_attr(f, name, "offset", std::vector<int64_t>(off.begin(), off.end()));
@@ -173,6 +180,73 @@ nlohmann::json read_meta(const std::string& dir, int64_t step) {
   }
 }
 
+namespace {
+/// Copies the part of dataset `name` that overlaps entry e's block into e.tensor; returns the
+/// number of elements copied. Datasets are hyperslabs (`offset`) or flat ranges of the
+/// row-major full tensor (`flat_offset`, ZeRO-1 shards).
+int64_t read_overlap(h5::File& f, const std::string& name, CkptEntry& e, const std::string& where) {
+  auto fshape = h5::read_attr_ints(f, name, "full_shape");
+  PT_USER_CHECK(Shape(fshape.begin(), fshape.end()) == e.full_shape,
+                "checkpoint {}: tensor {} has shape {} but the model's is {}. HINT: the model config differs "
+                "from the one that wrote the checkpoint",
+                where, e.name, shape_str(Shape(fshape.begin(), fshape.end())), shape_str(e.full_shape));
+  const Shape myoff = e.offset.empty() ? zeros_like_shape(e.full_shape) : e.offset;
+  Shape mycount = e.tensor.shape();
+  if (mycount.size() >= 1) mycount[0] = std::max<int64_t>(0, std::min(mycount[0], e.full_shape[0] - myoff[0]));
+  const size_t nd = e.full_shape.size();
+  if (h5::has_attr(f, name, "flat_offset")) {
+    const int64_t fo = h5::read_attr_int(f, name, "flat_offset");
+    Tensor t = h5::read(f, name);
+    const float* src = t.data<float>();
+    float* dst = e.tensor.data<float>();
+    const Shape& mshape = e.tensor.shape();
+    int64_t copied = 0;
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      // full multi-index of flat element fo + i, then its place in our block (if inside)
+      int64_t rem = fo + i, local = 0, stride = 1;
+      bool inside = true;
+      std::vector<int64_t> idx(nd);
+      for (size_t d = nd; d-- > 0;) {
+        idx[d] = rem % e.full_shape[d];
+        rem /= e.full_shape[d];
+      }
+      for (size_t d = nd; d-- > 0;) {
+        const int64_t li = idx[d] - myoff[d];
+        if (li < 0 || li >= mycount[d]) {
+          inside = false;
+          break;
+        }
+        local += li * stride;
+        stride *= mshape[d];
+      }
+      if (inside) {
+        dst[local] = src[i];
+        ++copied;
+      }
+    }
+    return copied;
+  }
+  const Shape fcount = h5::shape(f, name);
+  auto foff_v = h5::read_attr_ints(f, name, "offset");
+  const Shape foff(foff_v.begin(), foff_v.end());
+  Shape lo(nd), cnt(nd);
+  for (size_t d = 0; d < nd; ++d) {
+    lo[d] = std::max(myoff[d], foff[d]);
+    const int64_t hi = std::min(myoff[d] + mycount[d], foff[d] + fcount[d]);
+    cnt[d] = hi - lo[d];
+    if (cnt[d] <= 0) return 0;
+  }
+  Shape in_file(nd), in_mine(nd);
+  for (size_t d = 0; d < nd; ++d) {
+    in_file[d] = lo[d] - foff[d];
+    in_mine[d] = lo[d] - myoff[d];
+  }
+  Tensor block = h5::read_slab(f, name, in_file, cnt);
+  copy_block(block.data<float>(), cnt, e.tensor.data<float>(), e.tensor.shape(), in_mine);
+  return shape_numel(cnt);
+}
+}  // namespace
+
 void read_checkpoint(const std::string& dir, int64_t step, std::vector<CkptEntry>& entries) {
   const fs::path sdir = fs::path(dir) / step_dir_name(step);
   std::vector<std::string> files;
@@ -185,54 +259,19 @@ void read_checkpoint(const std::string& dir, int64_t step, std::vector<CkptEntry
     h5::File f = h5::File::open(path);
     for (size_t k = 0; k < entries.size(); ++k) {
       CkptEntry& e = entries[k];
-      const std::string name = e.group + "/" + e.name;
-      if (!h5::has(f, name)) continue;
-      auto fshape = h5::read_attr_ints(f, name, "full_shape");
-      PT_USER_CHECK(Shape(fshape.begin(), fshape.end()) == e.full_shape,
-                    "checkpoint {}: tensor {} has shape {} but the model's is {}. HINT: the model config differs "
-                    "from the one that wrote the checkpoint",
-                    sdir.string(), e.name, shape_str(Shape(fshape.begin(), fshape.end())), shape_str(e.full_shape));
-      const Shape myoff = e.offset.empty() ? zeros_like_shape(e.full_shape) : e.offset;
-      Shape mycount = e.tensor.shape();
-      if (mycount.size() >= 1) mycount[0] = std::min(mycount[0], e.full_shape[0] - myoff[0]);
-      const Shape fcount = h5::shape(f, name);
-      const size_t nd = e.full_shape.size();
-      if (h5::has_attr(f, name, "flat_offset")) {
-        // A range [fo, fo + n) of the row-major full tensor (ZeRO-1 shard): only whole-tensor
-        // readers are supported here, i.e. our block must be the full tensor.
-        const int64_t fo = h5::read_attr_int(f, name, "flat_offset");
-        PT_CHECK(shape_numel(mycount) == shape_numel(e.full_shape), "flat shards need a full-tensor reader");
-        Tensor t = h5::read(f, name);
-        std::memcpy(e.tensor.data<float>() + fo, t.data<float>(), static_cast<size_t>(t.numel()) * sizeof(float));
-        filled[k] += t.numel();
-        continue;
+      const std::string base = e.group + "/" + e.name;
+      for (int piece = 0;; ++piece) {
+        const std::string name = piece == 0 ? base : base + "@" + std::to_string(piece);
+        if (!h5::has(f, name)) break;
+        filled[k] += read_overlap(f, name, e, sdir.string());
       }
-      auto foff_v = h5::read_attr_ints(f, name, "offset");
-      const Shape foff(foff_v.begin(), foff_v.end());
-      Shape lo(nd), cnt(nd);
-      bool empty = false;
-      for (size_t d = 0; d < nd; ++d) {
-        lo[d] = std::max(myoff[d], foff[d]);
-        const int64_t hi = std::min(myoff[d] + mycount[d], foff[d] + fcount[d]);
-        cnt[d] = hi - lo[d];
-        if (cnt[d] <= 0) empty = true;
-      }
-      if (empty) continue;
-      Shape in_file(nd), in_mine(nd);
-      for (size_t d = 0; d < nd; ++d) {
-        in_file[d] = lo[d] - foff[d];
-        in_mine[d] = lo[d] - myoff[d];
-      }
-      Tensor block = h5::read_slab(f, name, in_file, cnt);
-      copy_block(block.data<float>(), cnt, e.tensor.data<float>(), e.tensor.shape(), in_mine);
-      filled[k] += shape_numel(cnt);
     }
   }
   for (size_t k = 0; k < entries.size(); ++k) {
     CkptEntry& e = entries[k];
     const Shape myoff = e.offset.empty() ? zeros_like_shape(e.full_shape) : e.offset;
     Shape mycount = e.tensor.shape();
-    if (mycount.size() >= 1) mycount[0] = std::min(mycount[0], e.full_shape[0] - myoff[0]);
+    if (mycount.size() >= 1) mycount[0] = std::max<int64_t>(0, std::min(mycount[0], e.full_shape[0] - myoff[0]));
     PT_USER_CHECK(filled[k] == shape_numel(mycount),
                   "checkpoint {}: tensor {}/{} is {} (found {} of {} elements). HINT: the checkpoint was written by a "
                   "different model or is damaged",

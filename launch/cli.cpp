@@ -1,6 +1,8 @@
 // launch/cli.cpp — subcommands: train (default), prepare, export; --list-layers, --help-config.
 #include "launch/cli.h"
 
+#include "launch/mpi_session.h"
+
 #include <csignal>
 #include <filesystem>
 #include <iostream>
@@ -61,15 +63,35 @@ int cmd_train(int argc, char** argv) {
   RunOptions opt;
   opt.resume = vm.count("resume") > 0;
   opt.quiet = vm.count("quiet") > 0;
-  opt.world_size = world_from_env("OMPI_COMM_WORLD_SIZE");
+  MpiSession mpi;
+  opt.world_size = mpi.size();
+  opt.rank = mpi.rank();
   opt.local_ranks = world_from_env("OMPI_COMM_WORLD_LOCAL_SIZE");
-  Config cfg = load_config(cfg_path, sets);
-  validate(cfg, validation_context(opt.world_size));
-
-  std::signal(SIGTERM, on_signal);
-  std::signal(SIGINT, on_signal);
-  Trainer trainer(std::move(cfg), opt);
-  return trainer.run();
+  std::unique_ptr<Trainer> trainer;
+  try {
+    Config cfg = load_config(cfg_path, sets);
+    validate(cfg, validation_context(opt.world_size));
+    std::signal(SIGTERM, on_signal);
+    std::signal(SIGINT, on_signal);
+    trainer = std::make_unique<Trainer>(std::move(cfg), opt, mpi.world());
+    return trainer->run();
+  } catch (const std::exception& e) {
+    if (mpi.size() <= 1) throw;
+    const bool user = dynamic_cast<const UserError*>(&e) != nullptr;
+    const int code = user ? 2 : 1;
+    if (!trainer || !trainer->collectives_started()) {
+      // Before any collective every rank checks the same inputs, and Trainer::setup agrees on
+      // the outcome: when all failed, rank 0 speaks for them; otherwise each failing rank says
+      // why and the others (PeerFailed) stay quiet but for rank 0's one line.
+      const bool peer = dynamic_cast<const PeerFailed*>(&e) != nullptr;
+      const bool everywhere = !trainer || trainer->inputs_failed_everywhere();
+      if (mpi.rank() == 0 || (!peer && !everywhere)) std::cerr << "ptrain: error: " << e.what() << "\n";
+      return code;
+    }
+    // Mid-run: the peers may be waiting in a collective; end the whole job now.
+    std::cerr << fmt::format("ptrain: {}error on rank {}: {}\n", user ? "" : "internal ", mpi.rank(), e.what());
+    mpi.abort(code);
+  }
 }
 
 int cmd_prepare(int argc, char** argv) {

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
+#include <span>
 #include <cmath>
 #include <csignal>
 #include <filesystem>
@@ -16,6 +18,7 @@
 #include "launch/checkpoint.h"
 #include "launch/weights_io.h"
 #include "optim/grad_clip.h"
+#include "parallel/partition.h"
 
 namespace fs = std::filesystem;
 
@@ -79,21 +82,20 @@ int64_t count_parameters(layers::CausalLM& model) {
   return n;
 }
 
-Trainer::Trainer(Config cfg, RunOptions opt) : cfg_(std::move(cfg)), opt_(opt) {}
+Trainer::Trainer(Config cfg, RunOptions opt, std::unique_ptr<parallel::Communicator> world)
+    : cfg_(std::move(cfg)), opt_(opt), world_in_(std::move(world)) {
+  if (world_in_) {
+    opt_.world_size = world_in_->size();
+    opt_.rank = world_in_->rank();
+  }
+}
 Trainer::~Trainer() = default;
 
-void Trainer::setup() {
-  if (setup_done_) return;
-  const int threads = resolve_threads(cfg_, opt_.local_ranks);
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
-
+void Trainer::check_inputs() {
   PT_USER_CHECK(cfg_.device != DeviceChoice::cuda,
                 "device: cuda is not available in this build (the CPU backend runs it). HINT: set device: cpu or auto");
-  PT_USER_CHECK(opt_.world_size == 1,
-                "this ptrain runs one rank; got a world of {} ranks. HINT: run without mpirun (parallel layouts come "
-                "with the parallel backend)",
-                opt_.world_size);
+  PT_USER_CHECK(opt_.world_size == 1 || world_in_,
+                "a world of {} ranks was announced but no communicator was given (internal)", opt_.world_size);
 
   // ---- data (before anything heavy) ----
   auto info = data::inspect_token_file(cfg_.data.path);
@@ -122,8 +124,9 @@ void Trainer::setup() {
   data::SamplerOptions so;
   so.seq_len = T;
   so.global_batch = G;
-  so.dp_size = 1;
-  so.dp_rank = 0;
+  const int dp = cfg_.resolved_dp(opt_.world_size);
+  so.dp_size = dp;
+  so.dp_rank = opt_.rank / (cfg_.parallel.tp * cfg_.parallel.pp);
   so.shuffle = cfg_.data.shuffle;
   so.seed = cfg_.train.seed;
   so.first_window = 0;
@@ -146,9 +149,8 @@ void Trainer::setup() {
 
   // ---- run directory ----
   const std::string& dir = cfg_.checkpoint.dir;
-  std::optional<int64_t> latest;
   if (opt_.resume) {
-    latest = latest_checkpoint(dir, /*clean=*/true);
+    latest_ = latest_checkpoint(dir, /*clean=*/opt_.rank == 0);
   } else {
     auto existing = latest_checkpoint(dir, false);
     PT_USER_CHECK(!existing, "checkpoint.dir {} already holds checkpoints (newest: step {}). HINT: pass --resume to "
@@ -160,20 +162,114 @@ void Trainer::setup() {
                   "written by `ptrain export` or converted from Hugging Face",
                   *cfg_.train.init_from);
 
+}
+
+void Trainer::setup() {
+  if (setup_done_) return;
+  const int threads = resolve_threads(cfg_, opt_.local_ranks);
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+
+  // ---- input checks (data, run directory, init_from), before any collective ----
+  std::string failure;
+  try {
+    check_inputs();
+  } catch (const UserError& e) {
+    failure = e.what();
+  }
+  if (world_in_ && world_in_->size() > 1) {
+    double failed = failure.empty() ? 0.0 : 1.0;
+    world_in_->all_reduce(std::span<double>(&failed, 1));
+    inputs_failed_everywhere_ = failed == world_in_->size();
+    if (failed > 0 && failure.empty())
+      throw PeerFailed(fmt::format("{} of {} ranks failed their input checks (see their messages)",
+                                   static_cast<int>(failed), world_in_->size()));
+  } else {
+    inputs_failed_everywhere_ = true;
+  }
+  if (!failure.empty()) throw UserError(failure);
+  const std::string& dir = cfg_.checkpoint.dir;
+  const int64_t T = cfg_.train.seq_len, G = cfg_.train.global_batch;
+  const std::optional<int64_t> latest = latest_;
+
+  // ---- process grid (the first collective: every input check above ran on every rank) ----
+  build_grid();
+
   // ---- model and optimizer ----
   spec_ = model_spec(cfg_);
+  const auto& g = grid_->shape();
+  const auto& c = grid_->coord();
+  const int v = cfg_.parallel.virtual_stages;
+  const auto stages = parallel::partition_layers(cfg_.model.layers, g.pp * v, cfg_.parallel.stage_layers);
+  chunk_blocks_.clear();
+  spec_.blocks.clear();
+  for (int ch = 0; ch < v; ++ch) {
+    chunk_blocks_.push_back(stages[static_cast<size_t>(ch * g.pp + c.pp)]);
+    for (int b : chunk_blocks_.back()) spec_.blocks.push_back(b);
+  }
+  if (g.pp == 1 && v == 1) spec_.blocks.clear();  // the whole model
+  spec_.build_embed = grid_->first_stage();
+  spec_.build_head = grid_->last_stage();
+  spec_.tp = g.tp > 1 ? &grid_->tp() : nullptr;
+  spec_.sequence_parallel = cfg_.parallel.sequence_parallel && g.tp > 1;
   model_ = layers::make_model(spec_);
-  num_params_ = count_parameters(*model_);
+  {
+    // parameters of the whole model, counted once (for the banner and MFU)
+    // by names and shapes of a one-block model: no rank builds the whole model to count it
+    layers::ModelSpec whole = model_spec(cfg_);
+    whole.layers = 1;
+    whole.dtype = DType::f32;
+    auto one = layers::make_model(whole);
+    int64_t block = 0, rest = 0;
+    for (const auto& w : one->external_weights()) {
+      const bool in_block = w.name.find(".layers.0.") != std::string::npos || w.name.find(".h.0.") != std::string::npos;
+      (in_block ? block : rest) += shape_numel(w.external_shape());
+    }
+    num_params_ = rest + block * cfg_.model.layers;
+  }
+  zero_ = cfg_.optim.zero == 1 && g.dp > 1;
+  const int tp_rank = c.tp, dp_rank = c.dp, dp_size = g.dp;
   for (auto& np : model_->named_parameters()) {
     TrainParam p;
     p.name = np.name;
     p.param = np.param;
     p.master = is_low_precision(spec_.dtype) ? Tensor::zeros(np.param->value.shape(), DType::f32) : np.param->value;
     p.grad = np.param->value.grad_buffer(cfg_.train.grad_dtype);
+    const bool tp_unique = np.param->sharding.sharded() || tp_rank == 0;
+    p.norm_owner = !np.param->tied_replica && tp_unique && dp_rank == 0;
+    p.writer = !np.param->tied_replica && tp_unique && dp_rank == 0;
+    const int64_t n = p.master.numel();
+    p.zero_begin = zero_ ? n * dp_rank / dp_size : 0;
+    p.zero_end = zero_ ? n * (dp_rank + 1) / dp_size : n;
+    param_index_[np.param->value.id()] = params_.size();
     params_.push_back(std::move(p));
   }
+  stage_ = std::make_unique<ModelStage>(*model_, chunk_blocks_, grid_->first_stage(), grid_->last_stage(),
+                                        cfg_.train.grad_dtype);
+  if (g.dp > 1) {
+    std::vector<Tensor> grads;
+    for (auto& p : params_) grads.push_back(p.grad);
+    reducer_ = std::make_unique<parallel::GradReducer>(grads, grid_->dp());
+    stage_->set_grad_ready_hook([this](const Tensor& t) {
+      auto it = param_index_.find(t.id());
+      if (it != param_index_.end()) reducer_->mark_ready(it->second);
+    });
+  }
+  sched_.kind = static_cast<parallel::ScheduleKind>(cfg_.parallel.schedule);
+  sched_.pp = g.pp;
+  sched_.virtual_stages = v;
+  sched_.micro_batches = static_cast<int>(cfg_.accumulation_steps(opt_.world_size));
   std::vector<optim::ParamRef> refs;
-  for (auto& p : params_) refs.push_back({p.name, p.master, p.grad});
+  for (auto& p : params_) {
+    if (!zero_) {
+      refs.push_back({p.name, p.master, p.grad});
+      continue;
+    }
+    // ZeRO-1: the optimizer sees only this DP rank's flat range (same decay rule as the whole)
+    const bool decay = p.master.ndim() == 2;
+    refs.push_back({p.name, p.master.view({-1}).rows(p.zero_begin, p.zero_end),
+                    p.grad.view({-1}).rows(p.zero_begin, p.zero_end), decay});
+  }
   optim::AdamWOptions ao;
   ao.beta1 = cfg_.optim.betas[0];
   ao.beta2 = cfg_.optim.betas[1];
@@ -205,6 +301,11 @@ void Trainer::setup() {
     fmt::print("ptrain: {} {} params ({} layers, hidden {}, heads {}/{}), precision {}, device cpu, {} threads\n",
                spec_.arch, si(static_cast<double>(num_params_)), spec_.layers, spec_.hidden, spec_.heads,
                spec_.kv_heads, dtype_name(spec_.dtype), threads);
+    if (opt_.world_size > 1)
+      fmt::print("ptrain: {} ranks = dp {} x pp {} x tp {}{}, schedule {}{}, theoretical bubble {:.3f}{}\n",
+                 opt_.world_size, g.dp, g.pp, g.tp, spec_.sequence_parallel ? " (sequence parallel)" : "",
+                 to_string(cfg_.parallel.schedule), v > 1 ? fmt::format(" x {} virtual stages", v) : "",
+                 parallel::theoretical_bubble(sched_), zero_ ? ", ZeRO-1" : "");
     fmt::print("ptrain: data {} ({} tokens, {} train windows), global batch {} x {} tokens, {} micro-batches of {}\n",
                cfg_.data.path, train_data_->num_tokens(), sampler_->num_windows(), G, T, accum_, micro_);
     std::fflush(stdout);
@@ -212,63 +313,134 @@ void Trainer::setup() {
   setup_done_ = true;
 }
 
+void Trainer::build_grid() {
+  parallel::GridShape shape;
+  shape.tp = cfg_.parallel.tp;
+  shape.pp = cfg_.parallel.pp;
+  shape.dp = cfg_.resolved_dp(opt_.world_size);
+  if (!world_in_) {
+    PT_CHECK(shape.world() == 1, "a {}-rank layout without a communicator", shape.world());
+    grid_ = parallel::Grid::single();
+    return;
+  }
+  grid_ = std::make_unique<parallel::Grid>(std::move(world_in_), shape);
+}
+
 void Trainer::init_weights() {
   if (cfg_.train.init_from) {
     auto ws = model_->external_weights();
     std::vector<Tensor> targets;
     for (auto& w : ws) {
-      // the fp32 tensor that holds this parameter's master
-      Tensor t;
-      for (auto& p : params_)
-        if (p.param == w.param) t = p.master;
-      PT_CHECK(t.defined(), "external weight {} has no parameter", w.name);
-      targets.push_back(t);
+      // a full-shape fp32 buffer, sliced into this rank's master below
+      PT_CHECK(param_index_.count(w.param->value.id()), "external weight {} has no parameter", w.name);
+      targets.push_back(Tensor::zeros(w.param->full_shape, DType::f32));
     }
     auto extra = load_external_weights(*cfg_.train.init_from, ws, targets);
+    for (size_t i = 0; i < ws.size(); ++i) {
+      auto& p = params_[param_index_.at(ws[i].param->value.id())];
+      p.param->slice_from_full(targets[i], p.master);
+    }
     if (!extra.empty() && opt_.rank == 0 && !opt_.quiet)
       fmt::print("warning: train.init_from: {} tensors in {} are not used by the model (first: {})\n", extra.size(),
                  *cfg_.train.init_from, extra.front());
   } else {
-    for (auto& p : params_) layers::init_tensor(p.master, p.param->init, cfg_.train.seed, p.name);
+    for (auto& p : params_) layers::init_parameter(p.master, *p.param, cfg_.train.seed, p.name);
   }
   for (auto& p : params_)
     if (!p.master.same(p.param->value)) p.param->value.copy_from(p.master);
 }
 
-std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write) {
+std::pair<Tensor, Tensor> Trainer::full_moments(size_t i) {
+  auto& p = params_[i];
+  Tensor m = adam_->exp_avg(i), v = adam_->exp_avg_sq(i);
+  if (!zero_) return {m, v};
+  // ZeRO-1: gather the DP ranks' flat ranges (padded to equal chunks) into the whole local tensor
+  const int dp = grid_->shape().dp;
+  const int64_t n = p.master.numel(), chunk = (n + dp - 1) / dp;
+  auto gather = [&](const Tensor& mine) {
+    Tensor in = Tensor::zeros({chunk}), out = Tensor::zeros({chunk * dp});
+    std::copy_n(mine.data<float>(), mine.numel(), in.data<float>());
+    grid_->dp().all_gather(in, out);
+    Tensor full = Tensor::zeros(p.master.shape());
+    float* f = full.data<float>();
+    const float* o = out.data<float>();
+    for (int r = 0; r < dp; ++r) {
+      const int64_t b = n * r / dp, e = n * (r + 1) / dp;
+      std::copy_n(o + r * chunk, e - b, f + b);
+    }
+    return full;
+  };
+  return {gather(m), gather(v)};
+}
+
+/// One entry per (group, parameter, shard piece): the pieces a rank holds of the full tensor.
+std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<Tensor>& moments) {
   std::vector<CkptEntry> e;
   const bool low = is_low_precision(spec_.dtype);
+  std::map<const layers::Parameter*, int64_t> vocab_rows;
+  for (const auto& w : model_->external_weights())
+    if (w.rows >= 0) vocab_rows[w.param] = w.rows;
+  moments.clear();
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i];
-    Shape full = p.param->value.shape();
-    for (const auto& w : model_->external_weights())
-      if (w.param == p.param && w.rows >= 0) full[0] = w.rows;
-    e.push_back({"param", p.name, p.param->value, full, {}, spec_.dtype, true});
-    if (low) e.push_back({"master", p.name, p.master, full, {}, DType::f32, true});
-    e.push_back({"exp_avg", p.name, for_write ? adam_->exp_avg(i) : Tensor::zeros(p.master.shape()), full, {},
-                 DType::f32, true});
-    e.push_back({"exp_avg_sq", p.name, for_write ? adam_->exp_avg_sq(i) : Tensor::zeros(p.master.shape()), full, {},
-                 DType::f32, true});
+    Tensor m, v;
+    if (for_write) {
+      std::tie(m, v) = full_moments(i);  // a collective over DP under ZeRO-1: every rank calls it
+      if (!p.writer) continue;
+    } else {
+      m = Tensor::zeros(p.master.shape());
+      v = Tensor::zeros(p.master.shape());
+    }
+    Shape full = p.param->full_shape;
+    if (auto it = vocab_rows.find(p.param); it != vocab_rows.end()) full[0] = it->second;
+    moments.push_back(m);
+    moments.push_back(v);
+    auto add = [&](const std::string& group, const Tensor& t, DType store) {
+      const auto& sh = p.param->sharding;
+      for (const auto& run : p.param->pieces()) {
+        Shape off(full.size(), 0);
+        Tensor block = t;
+        if (sh.sharded()) {
+          off[static_cast<size_t>(sh.dim)] = run.full_begin;
+          if (sh.dim == 0) {
+            block = t.rows(run.local_begin, run.local_begin + run.length);
+          } else {
+            PT_CHECK(sh.groups == 1, "{}: sections along dim {} are not supported in checkpoints", p.name, sh.dim);
+          }
+        }
+        e.push_back({group, p.name, block, full, off, store, true});
+      }
+    };
+    add("param", p.param->value, spec_.dtype);
+    if (low) add("master", p.master, DType::f32);
+    add("exp_avg", m, DType::f32);
+    add("exp_avg_sq", v, DType::f32);
   }
   return e;
 }
 
 void Trainer::save_checkpoint(int64_t step) {
   const std::string& dir = cfg_.checkpoint.dir;
-  auto entries = checkpoint_entries(true);
+  std::vector<Tensor> moments;
+  auto entries = checkpoint_entries(true, moments);
   write_rank_file(dir, step, opt_.rank, entries);
-  if (opt_.rank != 0) return;
-  nlohmann::json meta;
-  meta["format"] = "ptrain-checkpoint-1";
-  meta["step"] = step;
-  meta["config"] = to_json(cfg_.resolved(opt_.world_size));
-  meta["layout"] = {{"world_size", opt_.world_size}, {"tp", 1}, {"pp", 1}, {"dp", 1}, {"zero", 0}};
-  meta["sampler"] = sampler_->position(step);
-  meta["rng"] = {{"seed", cfg_.train.seed}, {"kind", "philox4x32-10, counter-based: no state beyond the seed"}};
-  meta["loss_scaler"] = scaler_.to_json();
-  meta["optimizer"] = {{"name", "adamw"}, {"step_count", adam_->step_count()}};
-  meta["params"] = num_params_;
-  finalize_checkpoint(dir, step, meta, cfg_.checkpoint.keep);
+  grid_->world().barrier();  // every rank's file is complete (and fsync'd) before meta.json
+  if (opt_.rank == 0) {
+    nlohmann::json meta;
+    meta["format"] = "ptrain-checkpoint-1";
+    meta["step"] = step;
+    meta["config"] = to_json(cfg_.resolved(opt_.world_size));
+    const auto& g = grid_->shape();
+    meta["layout"] = {{"world_size", opt_.world_size}, {"tp", g.tp}, {"pp", g.pp}, {"dp", g.dp},
+                      {"virtual_stages", cfg_.parallel.virtual_stages}, {"zero", zero_ ? 1 : 0}};
+    meta["sampler"] = sampler_->position(step);
+    meta["rng"] = {{"seed", cfg_.train.seed}, {"kind", "philox4x32-10, counter-based: no state beyond the seed"}};
+    meta["loss_scaler"] = scaler_.to_json();
+    meta["optimizer"] = {{"name", "adamw"}, {"step_count", adam_->step_count()}};
+    meta["params"] = num_params_;
+    finalize_checkpoint(dir, step, meta, cfg_.checkpoint.keep);
+  }
+  grid_->world().barrier();  // nobody goes on (or exits) before the checkpoint is in place
 }
 
 void Trainer::resume_from(int64_t step) {
@@ -278,17 +450,23 @@ void Trainer::resume_from(int64_t step) {
                 "written by this ptrain",
                 dir, step_dir_name(step));
   sampler_->check_position(meta.at("sampler"), step);
-  auto entries = checkpoint_entries(false);
   const bool low = is_low_precision(spec_.dtype);
+  std::vector<Tensor> moments;
+  auto entries = checkpoint_entries(false, moments);
+  // Weights come from "master" (low precision: the fp32 masters are the truth) or "param".
   std::vector<CkptEntry> want;
-  for (auto& e : entries)
-    if (!(low && e.group == "param")) want.push_back(e);  // low precision: weights come from the masters
+  for (auto& e : entries) {
+    if (low && e.group == "param") continue;
+    want.push_back(e);
+  }
   read_checkpoint(dir, step, want);
-  size_t k = 0;
   for (size_t i = 0; i < params_.size(); ++i) {
-    // per parameter: weights, exp_avg, exp_avg_sq (see checkpoint_entries; "param" dropped when low precision)
-    ++k;  // the weights: "master" (low precision) or "param" (fp32, the same tensor), read in place
-    Tensor m = want[k++].tensor, v = want[k++].tensor;
+    auto& p = params_[i];
+    Tensor m = moments[2 * i], v = moments[2 * i + 1];
+    if (zero_) {
+      m = m.view({-1}).rows(p.zero_begin, p.zero_end).clone();
+      v = v.view({-1}).rows(p.zero_begin, p.zero_end).clone();
+    }
     adam_->set_state(i, m, v);
   }
   for (auto& p : params_)
@@ -296,7 +474,11 @@ void Trainer::resume_from(int64_t step) {
   adam_->set_step_count(meta.at("optimizer").at("step_count").get<int64_t>());
   scaler_.from_json(meta.at("loss_scaler"));
   start_step_ = step;
-  if (opt_.rank == 0 && !opt_.quiet) fmt::print("resumed from {}/{}\n", dir, step_dir_name(step));
+  if (opt_.rank == 0 && !opt_.quiet) {
+    const auto& l = meta.at("layout");
+    fmt::print("resumed from {}/{} (written by {} ranks: dp {} x pp {} x tp {})\n", dir, step_dir_name(step),
+               l.value("world_size", 1), l.value("dp", 1), l.value("pp", 1), l.value("tp", 1));
+  }
 }
 
 MicroBatch Trainer::micro_batch(const std::vector<int32_t>& in, const std::vector<int32_t>& tg, int64_t m) const {
@@ -304,6 +486,65 @@ MicroBatch Trainer::micro_batch(const std::vector<int32_t>& in, const std::vecto
   const auto b = static_cast<ptrdiff_t>(m * micro_ * T), e = static_cast<ptrdiff_t>((m + 1) * micro_ * T);
   return {Tensor::from_vector_i32(std::vector<int32_t>(in.begin() + b, in.begin() + e), {micro_, T}),
           Tensor::from_vector_i32(std::vector<int32_t>(tg.begin() + b, tg.begin() + e), {micro_, T})};
+}
+
+void Trainer::sync_grads() {
+  parallel::Timeline::Scope span(&timeline_, "grad sync", "comm");
+  if (reducer_) reducer_->finish();  // data parallel: sum over DP replicas
+  for (auto& p : params_) {
+    if (p.param->tp_partial_grad) grid_->tp().all_reduce(p.grad);  // partial over TP ranks
+  }
+  // tied embedding: the first stage's table and the last stage's replica get the summed gradient
+  if (spec_.tie_embeddings && grid_->embed().size() > 1) {
+    for (auto& p : params_)
+      if (p.name == "model.embed_tokens.weight" || p.name == "transformer.wte.weight") grid_->embed().all_reduce(p.grad);
+  }
+}
+
+double Trainer::grad_norm() {
+  std::vector<optim::ParamRef> mine;
+  for (auto& p : params_)
+    if (p.norm_owner) mine.push_back({p.name, p.master, p.grad});
+  double ss = optim::grad_sum_squares(mine);
+  if (opt_.world_size > 1) {
+    // per-rank partial sums in world-rank order, summed in double
+    const auto all = grid_->world().gather_strings(std::string(reinterpret_cast<const char*>(&ss), sizeof ss), 0);
+    double tot = 0;
+    for (const auto& b : all) {
+      double x;
+      std::memcpy(&x, b.data(), sizeof x);
+      tot += x;
+    }
+    Tensor t = Tensor::full({1}, tot, DType::f64);
+    grid_->world().broadcast(t, 0);
+    ss = t.to_double_vector()[0];
+  }
+  return std::sqrt(ss);
+}
+
+void Trainer::optimizer_step(double lr) {
+  {
+    parallel::Timeline::Scope span(&timeline_, "optimizer", "optimizer");
+    adam_->step(lr);
+  }
+  if (zero_) {
+    parallel::Timeline::Scope span(&timeline_, "zero all-gather", "comm");
+    const int dp = grid_->shape().dp;
+    for (auto& p : params_) {
+      const int64_t n = p.master.numel(), chunk = (n + dp - 1) / dp;
+      Tensor in = Tensor::zeros({chunk}), out = Tensor::zeros({chunk * dp});
+      std::copy_n(p.master.data<float>() + p.zero_begin, p.zero_end - p.zero_begin, in.data<float>());
+      grid_->dp().all_gather(in, out);
+      float* f = p.master.data<float>();
+      const float* o = out.data<float>();
+      for (int r = 0; r < dp; ++r) {
+        const int64_t b = n * r / dp, e = n * (r + 1) / dp;
+        std::copy_n(o + r * chunk, e - b, f + b);
+      }
+    }
+  }
+  for (auto& p : params_)
+    if (!p.master.same(p.param->value)) p.param->value.copy_from(p.master);
 }
 
 double Trainer::train_step(int64_t s) {
@@ -319,18 +560,23 @@ double Trainer::train_step(int64_t s) {
   const bool fp16 = spec_.dtype == DType::f16;
   const double loss_scale = fp16 ? scaler_.scale() : 1.0;
   const double weight = 1.0 / static_cast<double>(G * T);
-  double loss_sum = 0;
-  for (int64_t m = 0; m < accum_; ++m) {
-    MicroBatch mb = micro_batch(in, tg, m);
-    Tape tape(cfg_.train.grad_dtype);
-    TapeGuard guard(&tape);
-    Tensor loss = model_->loss(mb.inputs, mb.targets, weight);
-    loss_sum += loss.to_double_vector()[0];
-    Tensor seed = Tensor::full({1}, loss_scale);
-    tape.backward(loss, seed);
+  stage_->set_batch(Tensor::from_vector_i32(in, {local, T}), Tensor::from_vector_i32(tg, {local, T}), micro_, weight,
+                    loss_scale);
+  if (reducer_) reducer_->begin_step();
+  const auto stats = parallel::run_schedule(sched_, *stage_, grid_->pp(), &timeline_);
+  sync_grads();
+  // the loss: Σ over micro-batches on the last stage, one TP rank per DP replica, summed over DP
+  double loss_sum = grid_->last_stage() && grid_->coord().tp == 0 ? stage_->loss_sum() : 0.0;
+  if (opt_.world_size > 1) {
+    double v[2] = {loss_sum, stats.bubble()};
+    grid_->world().all_reduce(std::span<double>(v, 2));
+    loss_sum = v[0];
+    last_bubble_ = v[1] / opt_.world_size;
+  } else {
+    last_bubble_ = stats.bubble();
   }
   if (fp16) optim::scale_grads(refs, 1.0 / loss_scale);  // unscale (rounds back to the gradient dtype)
-  const double norm = optim::global_grad_norm(refs);
+  const double norm = grad_norm();
   last_grad_norm_ = norm;
   const bool finite = std::isfinite(norm) && std::isfinite(loss_sum);
   if (fp16) {
@@ -345,9 +591,7 @@ double Trainer::train_step(int64_t s) {
   }
   optim::scale_grads(refs, optim::clip_coefficient(norm, cfg_.optim.grad_clip));
   last_lr_ = schedule_.at(adam_->step_count());
-  adam_->step(last_lr_);
-  for (auto& p : params_)
-    if (!p.master.same(p.param->value)) p.param->value.copy_from(p.master);
+  optimizer_step(last_lr_);
   return loss_sum;
 }
 
@@ -357,14 +601,34 @@ double Trainer::evaluate() {
   const int64_t local = val_sampler_->local_batch();
   std::vector<int32_t> in(static_cast<size_t>(local * T)), tg(static_cast<size_t>(local * T));
   const int64_t batches = cfg_.train.eval_batches;
+  const int pp = grid_->shape().pp, r = grid_->coord().pp, v = cfg_.parallel.virtual_stages;
+  const int S = pp * v;
   double sum = 0;
   for (int64_t b = 0; b < batches; ++b) {
     val_sampler_->batch(b, in.data(), tg.data(), cfg_.model.vocab_size);
     for (int64_t m = 0; m < local / micro_; ++m) {
       MicroBatch mb = micro_batch(in, tg, m);
-      sum += model_->loss(mb.inputs, mb.targets, 1.0).to_double_vector()[0];
+      // forward only, stage after stage (activations passed on with blocking messages)
+      Tensor h;
+      for (int gs = 0; gs < S; ++gs) {
+        if (gs % pp != r) continue;
+        const int chunk = gs / pp;
+        if (gs > 0 && pp > 1) {
+          h = Tensor::empty(stage_->input_shape(chunk), spec_.dtype);
+          grid_->pp().recv(h, (gs - 1) % pp, 1 << 20 | gs);
+        }
+        Tensor out = stage_->forward_only(chunk, h, mb.inputs, mb.targets);
+        if (gs == S - 1) {
+          if (grid_->coord().tp == 0) sum += out.to_double_vector()[0];
+        } else if (pp > 1) {
+          grid_->pp().isend(out, (gs + 1) % pp, 1 << 20 | (gs + 1))->wait();
+        } else {
+          h = out;
+        }
+      }
     }
   }
+  if (opt_.world_size > 1) grid_->world().all_reduce(std::span<double>(&sum, 1));
   return sum / static_cast<double>(batches * G * T);
 }
 
@@ -380,6 +644,7 @@ void Trainer::log_step(int64_t step, double loss, double secs, double val_loss, 
     r.add("mem_allocated_bytes", mem.allocated).add("mem_peak_bytes", mem.peak);
     if (std::isfinite(val_loss)) r.add("val_loss", val_loss);
     if (spec_.dtype == DType::f16) r.add("loss_scale", scaler_.scale()).add("skipped", skipped);
+    if (sched_.pp > 1) r.add("bubble", last_bubble_).add("bubble_theory", parallel::theoretical_bubble(sched_));
     metrics_->write(r);
   }
   if (opt_.rank != 0 || opt_.quiet) return;
@@ -389,6 +654,8 @@ void Trainer::log_step(int64_t step, double loss, double secs, double val_loss, 
                                    step, std::to_string(cfg_.train.steps).size(), cfg_.train.steps, loss, last_lr_,
                                    last_grad_norm_, si(tps), hms(elapsed_), hms(avg * static_cast<double>(cfg_.train.steps - step)));
     if (std::isfinite(val_loss)) line += fmt::format(" | val loss {:.4f}", val_loss);
+    if (sched_.pp > 1)
+      line += fmt::format(" | bubble {:.3f} (theory {:.3f})", last_bubble_, parallel::theoretical_bubble(sched_));
     if (skipped) line += " | skipped (fp16 overflow)";
     fmt::print("{}\n", line);
     std::fflush(stdout);
@@ -402,20 +669,39 @@ int Trainer::run() {
     if (opt_.rank == 0 && !opt_.quiet) fmt::print("run already complete at step {} of {}\n", start_step_, steps);
     return 0;
   }
+  // one step's timeline goes to a Chrome trace (the second step: the first one warms up)
+  const int64_t trace_step = std::min<int64_t>(start_step_ + 2, steps);
   for (int64_t s = start_step_; s < steps; ++s) {
+    const int64_t step = s + 1;
+    if (step == trace_step) {
+      grid_->world().barrier();  // aligns the ranks' clocks (t = 0 at the barrier)
+      timeline_.start();
+    }
     const auto t0 = Clock::now();
     const int64_t applied_before = adam_->step_count();
     const double loss = train_step(s);
     const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
     elapsed_ += secs;
     ++timed_steps_;
-    const int64_t step = s + 1;
     const bool skipped = adam_->step_count() == applied_before;
+    if (step == trace_step) {
+      timeline_.stop();
+      const auto& c = grid_->coord();
+      parallel::write_chrome_trace(timeline_, grid_->world(),
+                                   fmt::format("rank {} (dp {}, pp {}, tp {})", opt_.rank, c.dp, c.pp, c.tp),
+                                   (fs::path(cfg_.checkpoint.dir) / "trace.json").string());
+    }
     double val = std::nan("");
     if (cfg_.train.eval_every > 0 && step % cfg_.train.eval_every == 0) val = evaluate();
     log_step(step, loss, secs, val, skipped);
     const bool last = step == steps;
-    const int sig = stop_signal().load();
+    // a signal reaches ranks at different moments: agree on it, so all checkpoint and stop together
+    int sig = stop_signal().load();
+    if (opt_.world_size > 1) {
+      double d = sig;
+      grid_->world().all_reduce(std::span<double>(&d, 1), parallel::ReduceOp::max);
+      sig = static_cast<int>(d);
+    }
     if (last || sig || (cfg_.checkpoint.every > 0 && step % cfg_.checkpoint.every == 0)) save_checkpoint(step);
     if (sig && !last) {
       if (opt_.rank == 0 && !opt_.quiet)

@@ -10,6 +10,7 @@
 // mean token cross-entropy over the whole global batch.
 #pragma once
 #include <atomic>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,10 +19,15 @@
 #include "data/sampler.h"
 #include "launch/config.h"
 #include "launch/metrics.h"
+#include "launch/model_stage.h"
 #include "layers/model.h"
 #include "optim/adamw.h"
 #include "optim/loss_scaler.h"
 #include "optim/lr_schedule.h"
+#include "parallel/grad_reducer.h"
+#include "parallel/grid.h"
+#include "parallel/schedule.h"
+#include "parallel/timeline.h"
 
 namespace ptrain::launch {
 
@@ -33,15 +39,25 @@ struct RunOptions {
   bool quiet = false;   ///< no progress lines (tests)
 };
 
+/// Thrown, before any collective, on the ranks whose own input checks passed when another
+/// rank's failed: every rank stops with exit status 2 and nobody waits in a collective.
+class PeerFailed : public UserError {
+ public:
+  using UserError::UserError;
+};
+
 /// Set by SIGTERM/SIGINT handlers; the loop checkpoints and stops after the current step.
 std::atomic<int>& stop_signal();
 
 /// One trainable tensor: the weights the forward reads, its fp32 master and gradient.
 struct TrainParam {
   std::string name;
-  layers::Parameter* param;  ///< value: dtype = precision (bf16/fp16 emulated on CPU)
+  layers::Parameter* param;  ///< value: dtype = precision (bf16/fp16 emulated on CPU); this rank's slice
   Tensor master;             ///< fp32; the same tensor as param->value in fp32 runs
   Tensor grad;               ///< param->value's gradient buffer (train.grad_dtype)
+  bool norm_owner = true;    ///< counted in the global gradient norm by this rank (each element once)
+  bool writer = true;        ///< written to checkpoints by this rank (each element once)
+  int64_t zero_begin = 0, zero_end = -1;  ///< ZeRO-1: this DP rank's flat range of the local tensor
 };
 
 /// Inputs/targets [B, T] of one micro-batch.
@@ -51,7 +67,9 @@ struct MicroBatch {
 
 class Trainer {
  public:
-  Trainer(Config cfg, RunOptions opt);
+  /// `world`: the ranks of this job (nullptr: a single process). The trainer builds the
+  /// process grid from it; it never touches MPI_COMM_WORLD itself.
+  Trainer(Config cfg, RunOptions opt, std::unique_ptr<parallel::Communicator> world = nullptr);
   ~Trainer();
   /// Runs the whole job; returns the process exit status (0, or 128+signal after a
   /// checkpoint on SIGTERM/SIGINT). Throws UserError for bad input.
@@ -68,18 +86,45 @@ class Trainer {
   layers::CausalLM& model() { return *model_; }
   const std::vector<TrainParam>& params() const { return params_; }
   double last_grad_norm() const { return last_grad_norm_; }
+  parallel::Grid& grid() { return *grid_; }
+  /// Whether this rank has entered collectives with its peers (a failure then aborts the job).
+  bool collectives_started() const { return grid_ != nullptr; }
+  /// Whether the input checks failed on every rank (rank 0's message then speaks for all).
+  bool inputs_failed_everywhere() const { return inputs_failed_everywhere_; }
+  /// Measured bubble fraction of the last step's pipeline schedule (mean over pipeline ranks).
+  double last_bubble() const { return last_bubble_; }
   double last_lr() const { return last_lr_; }
   int64_t start_step() const { return start_step_; }
 
  private:
   void init_weights();
   void resume_from(int64_t step);
-  std::vector<struct CkptEntry> checkpoint_entries(bool for_write);
+  std::vector<struct CkptEntry> checkpoint_entries(bool for_write, std::vector<Tensor>& moments);
   MicroBatch micro_batch(const std::vector<int32_t>& in, const std::vector<int32_t>& tg, int64_t m) const;
   void log_step(int64_t step, double loss, double secs, double val_loss, bool skipped);
+  void build_grid();
+  void sync_grads();
+  double grad_norm();
+  void optimizer_step(double lr);
+  /// Full local moments of parameter i (ZeRO-1: gathered over DP; else the optimizer's own).
+  std::pair<Tensor, Tensor> full_moments(size_t i);
+  bool zero() const { return zero_; }
 
   Config cfg_;
   RunOptions opt_;
+  std::unique_ptr<parallel::Communicator> world_in_;
+  std::unique_ptr<parallel::Grid> grid_;
+  std::vector<std::vector<int>> chunk_blocks_;
+  std::unique_ptr<ModelStage> stage_;
+  std::unique_ptr<parallel::GradReducer> reducer_;
+  std::map<const TensorImpl*, size_t> param_index_;
+  parallel::ScheduleSpec sched_;
+  parallel::Timeline timeline_;
+  bool zero_ = false;
+  bool inputs_failed_everywhere_ = false;
+  double last_bubble_ = 0;
+  void check_inputs();
+  std::optional<int64_t> latest_;  ///< the checkpoint --resume continues from
   layers::ModelSpec spec_;
   std::unique_ptr<layers::CausalLM> model_;
   std::vector<TrainParam> params_;

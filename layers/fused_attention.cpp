@@ -10,16 +10,19 @@ namespace ptrain::layers {
 namespace {
 class FusedAttention : public Layer {
  public:
-  explicit FusedAttention(const ModelSpec& s) : h_(s.heads), d_(s.head_dim()), c_(s.hidden) {
+  // Under TP c_attn's q, k and v sections are each split by heads (3 sections x tp parts).
+  explicit FusedAttention(const ModelSpec& s)
+      : spec_(s), h_(s.heads / s.tp_size()), d_(s.head_dim()), c_(s.hidden / s.tp_size()) {
     PT_USER_CHECK(s.kv_heads == s.heads, "model.kv_heads = {} but the fused (GPT-2) attention needs kv_heads == heads = {}",
                   s.kv_heads, s.heads);
     const Init o = Init::Normal(0.02 / std::sqrt(2.0 * static_cast<double>(s.layers)));
-    qkv_ = &register_module("c_attn", std::make_unique<Linear>(c_, 3 * c_, true, s.dtype, Init::Normal(0.02)));
-    proj_ = &register_module("c_proj", std::make_unique<Linear>(c_, c_, true, s.dtype, o));
+    qkv_ = &register_module("c_attn", std::make_unique<Linear>(s.hidden, 3 * s.hidden, true, s.dtype,
+                                                               Init::Normal(0.02), column_sharding(s, 3)));
+    proj_ = &register_module("c_proj", std::make_unique<RowParallelLinear>(s.hidden, s.hidden, true, s, o));
   }
   Tensor forward(const Tensor& x, const ForwardCtx& c) override {
     const int64_t B = c.batch, T = c.seq_len;
-    auto parts = ops::split(qkv_->forward(x), {c_, c_, c_});  // 3 × [B*T, C]
+    auto parts = ops::split(qkv_->forward(tp_enter(x, spec_)), {c_, c_, c_});  // 3 × [B*T, C/tp]
     Tensor q = ops::view(parts[0], {B, T, h_, d_});
     Tensor k = ops::view(parts[1], {B, T, h_, d_});
     Tensor v = ops::view(parts[2], {B, T, h_, d_});
@@ -28,8 +31,10 @@ class FusedAttention : public Layer {
   }
 
  private:
+  const ModelSpec& spec_;
   int64_t h_, d_, c_;
-  Linear *qkv_, *proj_;
+  Linear* qkv_;
+  RowParallelLinear* proj_;
 };
 }  // namespace
 

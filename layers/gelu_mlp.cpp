@@ -8,15 +8,22 @@ namespace ptrain::layers {
 namespace {
 class GeluMlp : public Layer {
  public:
-  explicit GeluMlp(const ModelSpec& s) {
+  // Under TP c_fc is column-parallel (with its bias split), c_proj row-parallel.
+  explicit GeluMlp(const ModelSpec& s) : spec_(s) {
     const Init o = Init::Normal(0.02 / std::sqrt(2.0 * static_cast<double>(s.layers)));
-    fc_ = &register_module("c_fc", std::make_unique<Linear>(s.hidden, s.ffn_hidden, true, s.dtype, Init::Normal(0.02)));
-    proj_ = &register_module("c_proj", std::make_unique<Linear>(s.ffn_hidden, s.hidden, true, s.dtype, o));
+    fc_ = &register_module("c_fc", std::make_unique<Linear>(s.hidden, s.ffn_hidden, true, s.dtype, Init::Normal(0.02),
+                                                            column_sharding(s)));
+    proj_ = &register_module("c_proj", std::make_unique<RowParallelLinear>(s.ffn_hidden, s.hidden, true, s, o));
   }
-  Tensor forward(const Tensor& x, const ForwardCtx&) override { return proj_->forward(ops::gelu(fc_->forward(x))); }
+  // x [B*T, C] -> [B*T, C]
+  Tensor forward(const Tensor& x, const ForwardCtx&) override {
+    return proj_->forward(ops::gelu(fc_->forward(tp_enter(x, spec_))));
+  }
 
  private:
-  Linear *fc_, *proj_;
+  const ModelSpec& spec_;
+  Linear* fc_;
+  RowParallelLinear* proj_;
 };
 }  // namespace
 

@@ -10,6 +10,7 @@
 // Internally projections are [out, in]; Hugging Face's Conv1D stores [in, out], so
 // external_weights() marks those .weight tensors as transposed.
 #include "layers/model.h"
+#include "parallel/tp_ops.h"
 
 namespace ptrain::layers {
 namespace {
@@ -17,28 +18,41 @@ class GPT2 : public CausalLM {
  public:
   explicit GPT2(const ModelSpec& s) : CausalLM(s) {
     auto& tr = register_module("transformer", std::make_unique<ModuleList>());
-    wte_ = &tr.add("wte", std::make_unique<Embedding>(s.padded_vocab, s.hidden, s.dtype, Init::Normal(0.02, s.vocab_size)));
-    wpe_ = &tr.add("wpe", std::make_unique<Embedding>(s.max_seq_len, s.hidden, s.dtype, Init::Normal(0.02)));
+    // The tied head on a last stage that is not also the first reads a replica of wte.
+    if (s.build_embed || (s.build_head && s.tie_embeddings)) {
+      wte_ = &tr.add("wte", std::make_unique<Embedding>(s.padded_vocab, s.hidden, s.dtype,
+                                                        Init::Normal(0.02, s.vocab_size), s.tp));
+      if (!s.build_embed) wte_->mark_tied_replica();
+    }
+    if (s.build_embed)
+      wpe_ = &tr.add("wpe", std::make_unique<Embedding>(s.max_seq_len, s.hidden, s.dtype, Init::Normal(0.02)));
     auto& h = tr.add("h", std::make_unique<ModuleList>());
     const std::string norm = s.norm.empty() ? "layernorm" : s.norm;
     const std::string attn = s.attention.empty() ? "fused_mha" : s.attention;
     const std::string mlp = s.mlp.empty() ? "gelu" : s.mlp;
     for (int i = 0; i < s.layers; ++i) add_block(h, i, {"ln_1", "attn", "ln_2", "mlp"}, norm, attn, mlp);
-    ln_f_ = &tr.add("ln_f", make_layer(LayerKind::norm, norm, s, -1));
-    if (!s.tie_embeddings)
-      lm_head_ = &register_module("lm_head", std::make_unique<Linear>(s.hidden, s.padded_vocab, false, s.dtype,
-                                                                      Init::Normal(0.02, s.vocab_size)));
+    if (s.build_head) {
+      ln_f_ = &tr.add("ln_f", make_layer(LayerKind::norm, norm, s, -1));
+      if (!s.tie_embeddings)
+        lm_head_ = &register_module("lm_head", std::make_unique<Linear>(s.hidden, s.padded_vocab, false, s.dtype,
+                                                                        Init::Normal(0.02, s.vocab_size),
+                                                                        column_sharding(s)));
+    }
   }
 
   Tensor embed(const Tensor& ids, const ForwardCtx& ctx) override {
+    PT_CHECK(spec_.build_embed, "embed() on a rank without the embedding");
     const int64_t B = ctx.batch, T = ctx.seq_len;
     std::vector<int32_t> pos(static_cast<size_t>(B * T));
     for (int64_t i = 0; i < B * T; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(i % T);
     Tensor p = wpe_->forward(Tensor::from_vector_i32(pos, {B * T}));  // [B*T, C]
-    return ops::add(ops::view(wte_->forward(ids), {B * T, spec_.hidden}), p);
+    Tensor h = ops::add(ops::view(wte_->forward(ids), {B * T, spec_.hidden}), p);
+    return spec_.sequence_parallel && spec_.tp_size() > 1 ? parallel::split_sequence(h, *spec_.tp) : h;
   }
   Tensor head(const Tensor& h, const ForwardCtx& ctx) override {
-    return ops::linear(ln_f_->forward(h, ctx), lm_head_ ? lm_head_->weight() : wte_->weight());
+    PT_CHECK(spec_.build_head, "head() on a rank without the LM head");
+    Tensor x = tp_enter(ln_f_->forward(h, ctx), spec_);
+    return ops::linear(x, lm_head_ ? lm_head_->weight() : wte_->weight());  // [B*T, Vp/tp]
   }
 
   std::vector<ExternalWeight> external_weights() override {
@@ -71,8 +85,8 @@ class GPT2 : public CausalLM {
   }
 
  private:
-  Embedding *wte_, *wpe_;
-  Layer* ln_f_;
+  Embedding *wte_ = nullptr, *wpe_ = nullptr;
+  Layer* ln_f_ = nullptr;
   Linear* lm_head_ = nullptr;
 };
 }  // namespace

@@ -8,6 +8,8 @@ class LayerNorm : public Layer {
   explicit LayerNorm(const ModelSpec& s) : eps_(s.norm_eps) {
     weight_ = register_parameter("weight", {s.hidden}, s.dtype, Init::Ones());
     bias_ = register_parameter("bias", {s.hidden}, s.dtype, Init::Zeros());
+    // Under sequence parallelism each TP rank normalises only its rows: partial gradients.
+    if (s.sequence_parallel && s.tp_size() > 1) parameter("weight").tp_partial_grad = parameter("bias").tp_partial_grad = true;
   }
   Tensor forward(const Tensor& x, const ForwardCtx&) override { return ops::layer_norm(x, weight_, bias_, eps_); }
 

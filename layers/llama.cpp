@@ -8,6 +8,7 @@
 //   model.norm.weight                         [C]
 //   lm_head.weight                            [Vp, C]   (absent when tie_embeddings)
 #include "layers/model.h"
+#include "parallel/tp_ops.h"
 
 namespace ptrain::layers {
 namespace {
@@ -15,26 +16,36 @@ class Llama : public CausalLM {
  public:
   explicit Llama(const ModelSpec& s) : CausalLM(s) {
     auto& model = register_module("model", std::make_unique<ModuleList>());
-    embed_ = &model.add("embed_tokens", std::make_unique<Embedding>(s.padded_vocab, s.hidden, s.dtype,
-                                                                    Init::Normal(0.02, s.vocab_size)));
+    // The tied head on a last stage that is not also the first reads a replica of the embedding.
+    if (s.build_embed || (s.build_head && s.tie_embeddings)) {
+      embed_ = &model.add("embed_tokens", std::make_unique<Embedding>(s.padded_vocab, s.hidden, s.dtype,
+                                                                      Init::Normal(0.02, s.vocab_size), s.tp));
+      if (!s.build_embed) embed_->mark_tied_replica();
+    }
     auto& layers = model.add("layers", std::make_unique<ModuleList>());
     const std::string norm = s.norm.empty() ? "rmsnorm" : s.norm;
     const std::string attn = s.attention.empty() ? "rope_gqa" : s.attention;
     const std::string mlp = s.mlp.empty() ? "swiglu" : s.mlp;
     for (int i = 0; i < s.layers; ++i)
       add_block(layers, i, {"input_layernorm", "self_attn", "post_attention_layernorm", "mlp"}, norm, attn, mlp);
-    norm_ = &model.add("norm", make_layer(LayerKind::norm, norm, s, -1));
-    if (!s.tie_embeddings)
-      lm_head_ = &register_module("lm_head", std::make_unique<Linear>(s.hidden, s.padded_vocab, false, s.dtype,
-                                                                      Init::Normal(0.02, s.vocab_size)));
+    if (s.build_head) {
+      norm_ = &model.add("norm", make_layer(LayerKind::norm, norm, s, -1));
+      if (!s.tie_embeddings)
+        lm_head_ = &register_module("lm_head", std::make_unique<Linear>(s.hidden, s.padded_vocab, false, s.dtype,
+                                                                        Init::Normal(0.02, s.vocab_size),
+                                                                        column_sharding(s)));
+    }
   }
 
   Tensor embed(const Tensor& ids, const ForwardCtx&) override {
-    return ops::view(embed_->forward(ids), {-1, spec_.hidden});  // [B*T, C]
+    PT_CHECK(spec_.build_embed, "embed() on a rank without the embedding");
+    Tensor h = ops::view(embed_->forward(ids), {-1, spec_.hidden});  // [B*T, C]
+    return spec_.sequence_parallel && spec_.tp_size() > 1 ? parallel::split_sequence(h, *spec_.tp) : h;
   }
   Tensor head(const Tensor& h, const ForwardCtx& ctx) override {
-    Tensor x = norm_->forward(h, ctx);
-    return ops::linear(x, lm_head_ ? lm_head_->weight() : embed_->weight());  // [B*T, Vp]
+    PT_CHECK(spec_.build_head, "head() on a rank without the LM head");
+    Tensor x = tp_enter(norm_->forward(h, ctx), spec_);
+    return ops::linear(x, lm_head_ ? lm_head_->weight() : embed_->weight());  // [B*T, Vp/tp]
   }
 
   std::vector<ExternalWeight> external_weights() override {
@@ -58,8 +69,8 @@ class Llama : public CausalLM {
   }
 
  private:
-  Embedding* embed_;
-  Layer* norm_;
+  Embedding* embed_ = nullptr;
+  Layer* norm_ = nullptr;
   Linear* lm_head_ = nullptr;
 };
 }  // namespace

@@ -17,10 +17,27 @@
 
 namespace ptrain::layers {
 
-/// y = x · W^T (+ b); W is [out, in] (Hugging Face's nn.Linear layout).
+// ---- tensor parallelism (Megatron): a column-parallel projection splits its output
+// features over the TP ranks, a row-parallel one its input features; between them the
+// activations stay split, so one all-reduce per pair (forward and backward) suffices.
+// With sequence parallelism the activations outside such pairs hold only this rank's rows.
+
+/// Enters a column-parallel region: identity forward / all-reduce backward (tp_ops copy_to_tp),
+/// or all-gather of the rows under sequence parallelism. Identity without TP.
+Tensor tp_enter(const Tensor& x, const ModelSpec& s);
+/// Leaves a row-parallel region: all-reduce forward / identity backward, or reduce-scatter of
+/// the rows under sequence parallelism. Identity without TP.
+Tensor tp_exit(const Tensor& x, const ModelSpec& s);
+/// Output features split over TP ranks (in `groups` equal sections, e.g. fused q, k, v).
+Sharding column_sharding(const ModelSpec& s, int groups = 1);
+/// Input features split over TP ranks.
+Sharding row_sharding(const ModelSpec& s);
+
+/// y = x · W^T (+ b); W is [out, in] (Hugging Face's nn.Linear layout). With a column
+/// sharding, W holds this rank's output rows and b (if any) the same slice.
 class Linear : public Module {
  public:
-  Linear(int64_t in, int64_t out, bool bias, DType dtype, Init init);
+  Linear(int64_t in, int64_t out, bool bias, DType dtype, Init init, Sharding sharding = {});
   Tensor forward(const Tensor& x) const { return ops::linear(x, weight_, bias_); }
   Tensor& weight() { return weight_; }
 
@@ -28,15 +45,33 @@ class Linear : public Module {
   Tensor weight_, bias_;
 };
 
-/// Table lookup; rows >= valid rows are zero padding.
+/// Row-parallel y = tp_exit(x_shard · W_shard^T) + b: W [out, in] split along `in`, the bias
+/// replicated and added once (by TP rank 0, before the reduction). Without TP a plain Linear.
+class RowParallelLinear : public Module {
+ public:
+  RowParallelLinear(int64_t in, int64_t out, bool bias, const ModelSpec& s, Init init);
+  /// x [N, in/tp] -> [N, out] (rows split over TP under sequence parallelism)
+  Tensor forward(const Tensor& x) const;
+
+ private:
+  const ModelSpec* spec_;
+  Tensor weight_, bias_;
+};
+
+/// Table lookup; rows >= valid rows are zero padding. With a TP group of size > 1 the rows
+/// (the vocabulary) are split over its ranks (vocab-parallel embedding).
 class Embedding : public Module {
  public:
-  Embedding(int64_t rows, int64_t dim, DType dtype, Init init);
-  Tensor forward(const Tensor& ids) const { return ops::embedding(ids, weight_); }
+  Embedding(int64_t rows, int64_t dim, DType dtype, Init init, parallel::Communicator* tp = nullptr);
+  Tensor forward(const Tensor& ids) const;
   Tensor& weight() { return weight_; }
+  /// First row of the full table this rank holds.
+  int64_t row_start() const { return row_start_; }
 
  private:
   Tensor weight_;
+  parallel::Communicator* tp_ = nullptr;
+  int64_t row_start_ = 0;
 };
 
 /// A plain container whose children are named by the caller (e.g. "0", "1", ...).
@@ -67,6 +102,7 @@ struct ExternalWeight {
   Parameter* param;        ///< our parameter
   bool transpose = false;  ///< stored transposed outside (GPT-2 Conv1D [in, out])
   int64_t rows = -1;       ///< rows kept outside (unpadded vocabulary), -1 = all
+  /// The full tensor's shape outside (unsharded, unpadded, transposed as stored).
   Shape external_shape() const;
 };
 
@@ -74,16 +110,22 @@ class CausalLM : public Module {
  public:
   explicit CausalLM(const ModelSpec& spec);
   const ModelSpec& spec() const { return spec_; }
+  /// Decoder blocks of the whole model (model.layers), built here or not.
   int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  /// Whether this rank built block i (pipeline stages build only theirs).
+  bool has_block(int i) const { return blocks_.at(static_cast<size_t>(i)) != nullptr; }
 
   /// Per-pass context (B, T, RoPE tables).
   ForwardCtx make_ctx(int64_t batch, int64_t seq_len) const;
   /// ids [B, T] i32 -> h [B*T, C]
   virtual Tensor embed(const Tensor& ids, const ForwardCtx& ctx) = 0;
   /// block i
-  Tensor block(int i, const Tensor& h, const ForwardCtx& ctx) { return blocks_.at(static_cast<size_t>(i))->forward(h, ctx); }
-  /// h [B*T, C] -> logits [B*T, Vp]
+  Tensor block(int i, const Tensor& h, const ForwardCtx& ctx);
+  /// h [B*T, C] -> logits [B*T, Vp] (with TP: this rank's vocabulary columns [B*T, Vp/tp])
   virtual Tensor head(const Tensor& h, const ForwardCtx& ctx) = 0;
+  /// weight · Σ token cross-entropies of logits from head() against targets [B, T]
+  /// (vocab-parallel cross-entropy under TP: no rank holds full logits).
+  Tensor loss_from_logits(const Tensor& logits, const Tensor& targets, double weight) const;
   /// Whole model: ids [B, T] -> logits [B*T, Vp]
   Tensor forward(const Tensor& ids);
   /// weight · Σ token cross-entropies of predicting targets [B, T] from ids [B, T].
@@ -95,8 +137,9 @@ class CausalLM : public Module {
   virtual std::vector<NamedParameter> piece_parameters(const std::string& piece) = 0;
 
  protected:
-  DecoderBlock& add_block(ModuleList& list, int i, const BlockNames& names, const std::string& norm,
-                          const std::string& attention, const std::string& mlp);
+  /// Builds block i when this rank owns it (spec.blocks), else records its absence.
+  void add_block(ModuleList& list, int i, const BlockNames& names, const std::string& norm,
+                 const std::string& attention, const std::string& mlp);
   ModelSpec spec_;
   std::vector<DecoderBlock*> blocks_;
   Tensor rope_cos_, rope_sin_;  ///< [max_seq_len, head_dim/2]

@@ -28,10 +28,45 @@ struct Init {
   static Init Zeros() { return {zeros, 0, -1}; }
 };
 
+/// How a parameter's local tensor sits in the full (unsharded) tensor. Along `dim` the full
+/// extent is cut into `groups` equal sections (q, k, v of a fused projection: 3), each
+/// section into `parts` equal slices; this rank holds slice `index` of every section, in
+/// section order. dim = -1: the full tensor (replicated or unsharded).
+struct Sharding {
+  int dim = -1;
+  int parts = 1;
+  int index = 0;
+  int groups = 1;
+  bool sharded() const { return dim >= 0 && parts > 1; }
+};
+
+/// A contiguous run of a sharded parameter: local [local_begin, +length) along the sharded
+/// dim equals full [full_begin, +length).
+struct ShardPiece {
+  int64_t local_begin, full_begin, length;
+};
+
 struct Parameter {
   std::string local_name;
   Tensor value;  ///< the weights the forward pass reads (dtype = ModelSpec::dtype); requires grad
   Init init;
+  Shape full_shape;   ///< the unsharded shape (== value.shape() when not sharded)
+  Sharding sharding;  ///< where value sits in the full tensor
+  /// The gradient is a partial sum over the tensor-parallel group (a replicated weight applied
+  /// to rows split over TP ranks: norms under sequence parallelism, a row-parallel bias added
+  /// by TP rank 0 only): the trainer all-reduces it over TP before the optimizer.
+  bool tp_partial_grad = false;
+  /// A copy of a parameter another pipeline stage owns (the tied embedding read by the LM head
+  /// on the last stage): same name and init; gradients summed with the owner's over the
+  /// embedding group; never written to checkpoints, counted once in the gradient norm.
+  bool tied_replica = false;
+
+  /// The runs this rank holds (one run covering everything when not sharded).
+  std::vector<ShardPiece> pieces() const;
+  /// local <- this rank's slices of `full` (full_shape, same storage type).
+  void slice_from_full(const Tensor& full, Tensor& local) const;
+  /// full <- local at this rank's slices (other elements untouched).
+  void scatter_into_full(const Tensor& local, Tensor& full) const;
 };
 
 /// A parameter with its full dotted name.
@@ -58,10 +93,15 @@ class Module {
   std::vector<NamedParameter> named_parameters(const std::string& prefix = "");
   /// Draws every parameter from (seed, full name) per the Initialisation contract.
   void init_parameters(uint64_t seed, const std::string& prefix = "");
+  /// Marks every parameter under this module (recursively) as a tied replica.
+  void mark_tied_replica();
 
  protected:
-  /// Declares a parameter of `shape` in `dtype`; returns its tensor (stable for the module's life).
-  Tensor& register_parameter(const std::string& name, Shape shape, DType dtype, Init init);
+  /// Declares a parameter of full shape `shape` in `dtype`, of which this rank holds the
+  /// slices `sharding` names; returns its (local) tensor, stable for the module's life.
+  Tensor& register_parameter(const std::string& name, Shape shape, DType dtype, Init init, Sharding sharding = {});
+  /// The Parameter record of a registered tensor (to set flags such as tp_partial_grad).
+  Parameter& parameter(const std::string& name);
   /// Declares a child module under `name`.
   template <class M> M& register_module(const std::string& name, std::unique_ptr<M> m) {
     M& ref = *m;
@@ -71,12 +111,16 @@ class Module {
 
  private:
   void collect(const std::string& prefix, std::vector<NamedParameter>& out);
+  friend class CausalLM;
   std::vector<std::unique_ptr<Parameter>> params_;
   std::vector<std::pair<std::string, std::unique_ptr<Module>>> children_;
 };
 
 /// Fills `t` (full shape) per `init`, drawing element i from Normal(0, std) keyed by (seed, name).
 void init_tensor(Tensor& t, const Init& init, uint64_t seed, const std::string& name);
+/// Fills `local` (a tensor of p's local shape) with this rank's slices of the full tensor drawn
+/// by init_tensor: every parallel layout starts from the same weights.
+void init_parameter(Tensor& local, const Parameter& p, uint64_t seed, const std::string& name);
 
 /// A module with one input and one output of the same leading shape: norms, attention, MLPs.
 class Layer : public Module {

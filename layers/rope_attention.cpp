@@ -10,16 +10,22 @@ namespace ptrain::layers {
 namespace {
 class RopeAttention : public Layer {
  public:
-  explicit RopeAttention(const ModelSpec& s) : hq_(s.heads), hkv_(s.kv_heads), d_(s.head_dim()) {
+  // Under TP each rank holds heads/tp query heads and kv_heads/tp key/value heads: the
+  // query heads of rank r use exactly the KV groups of rank r (kv_heads % tp == 0).
+  explicit RopeAttention(const ModelSpec& s)
+      : spec_(s), hq_(s.heads / s.tp_size()), hkv_(s.kv_heads / s.tp_size()), d_(s.head_dim()) {
     PT_USER_CHECK(d_ % 2 == 0, "model.hidden / model.heads = {} must be even for RoPE", d_);
     const Init w = Init::Normal(0.02), o = Init::Normal(0.02 / std::sqrt(2.0 * static_cast<double>(s.layers)));
-    q_ = &register_module("q_proj", std::make_unique<Linear>(s.hidden, hq_ * d_, false, s.dtype, w));
-    k_ = &register_module("k_proj", std::make_unique<Linear>(s.hidden, hkv_ * d_, false, s.dtype, w));
-    v_ = &register_module("v_proj", std::make_unique<Linear>(s.hidden, hkv_ * d_, false, s.dtype, w));
-    o_ = &register_module("o_proj", std::make_unique<Linear>(hq_ * d_, s.hidden, false, s.dtype, o));
+    const Sharding col = column_sharding(s);
+    q_ = &register_module("q_proj", std::make_unique<Linear>(s.hidden, s.heads * d_, false, s.dtype, w, col));
+    k_ = &register_module("k_proj", std::make_unique<Linear>(s.hidden, s.kv_heads * d_, false, s.dtype, w, col));
+    v_ = &register_module("v_proj", std::make_unique<Linear>(s.hidden, s.kv_heads * d_, false, s.dtype, w, col));
+    o_ = &register_module("o_proj", std::make_unique<RowParallelLinear>(s.heads * d_, s.hidden, false, s, o));
   }
-  Tensor forward(const Tensor& x, const ForwardCtx& c) override {
+  // x [B*T, C] (or this TP rank's rows under sequence parallelism) -> same
+  Tensor forward(const Tensor& in, const ForwardCtx& c) override {
     const int64_t B = c.batch, T = c.seq_len;
+    const Tensor x = tp_enter(in, spec_);  // [B*T, C]
     Tensor q = ops::rope(ops::view(q_->forward(x), {B, T, hq_, d_}), c.rope_cos, c.rope_sin);   // [B, T, Hq, D]
     Tensor k = ops::rope(ops::view(k_->forward(x), {B, T, hkv_, d_}), c.rope_cos, c.rope_sin);  // [B, T, Hkv, D]
     Tensor v = ops::view(v_->forward(x), {B, T, hkv_, d_});                                      // [B, T, Hkv, D]
@@ -28,8 +34,10 @@ class RopeAttention : public Layer {
   }
 
  private:
+  const ModelSpec& spec_;
   int64_t hq_, hkv_, d_;
-  Linear *q_, *k_, *v_, *o_;
+  Linear *q_, *k_, *v_;
+  RowParallelLinear* o_;
 };
 }  // namespace
 

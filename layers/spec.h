@@ -5,8 +5,10 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
+#include "parallel/comm.h"
 
 namespace ptrain::layers {
 
@@ -28,7 +30,20 @@ struct ModelSpec {
   std::string mlp;        ///< registered MLP layer ("" = default)
   DType dtype = DType::f32;  ///< dtype of the weights the forward pass uses (f32, bf16, f16; f64 in tests)
 
+  // ---- this rank's part of the model (parallel layouts); defaults: the whole model ----
+  /// Tensor-parallel group (heads, MLP columns and the vocabulary split over its ranks);
+  /// nullptr = no tensor parallelism. Layers use it only through parallel/tp_ops.h.
+  parallel::Communicator* tp = nullptr;
+  /// Activations between blocks hold only this TP rank's rows (Megatron's sequence parallelism).
+  bool sequence_parallel = false;
+  /// Global indices of the decoder blocks this rank builds (pipeline stages); empty = all.
+  std::vector<int> blocks;
+  bool build_embed = true;  ///< the first pipeline stage: token (and position) embedding
+  bool build_head = true;   ///< the last pipeline stage: final norm, LM head, loss
+
   int64_t head_dim() const { return hidden / heads; }
+  int tp_size() const { return tp ? tp->size() : 1; }
+  int tp_rank() const { return tp ? tp->rank() : 0; }
 };
 
 }  // namespace ptrain::layers

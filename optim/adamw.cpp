@@ -80,7 +80,7 @@ AdamW::AdamW(AdamWOptions options, std::vector<ParamRef> params) : opt_(options)
   for (const ParamRef& p : params_)
     PT_CHECK(seen.insert(p.param.id()).second, "parameter '{}' is listed twice in the optimizer", p.name);
   decay_.resize(params_.size());
-  for (size_t i = 0; i < params_.size(); ++i) decay_[i] = params_[i].param.ndim() == 2;
+  for (size_t i = 0; i < params_.size(); ++i) decay_[i] = params_[i].decay.value_or(params_[i].param.ndim() == 2);
   m_.resize(params_.size());
   v_.resize(params_.size());
 }

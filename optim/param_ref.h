@@ -8,6 +8,7 @@
 //  * A std::vector<ParamRef> is given in a stable order; that order fixes the order of
 //    every reduction over parameters (gradient norm), so it must be the same on every run.
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,9 @@ struct ParamRef {
   std::string name;  ///< full hierarchical name (`model.layers.3.self_attn.q_proj.weight`)
   Tensor param;      ///< fp32 master weights, updated in place
   Tensor grad;       ///< same shape; f32, or bf16/f16 emulated
+  /// Weight decay applies: by default when `param` is 2-D; explicit for flat views of a
+  /// parameter (ZeRO-1 shards), which keep the rule of the parameter they view.
+  std::optional<bool> decay;
 };
 
 /// Throws ptrain::Error naming the parameter when a ref breaks the invariants above

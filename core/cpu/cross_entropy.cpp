@@ -14,6 +14,9 @@
 //  * Rows are independent and split across threads: results do not depend on the thread count.
 //  * The backward accumulates (+=) into dlogits; the target column gets dloss * (p - 1) in one
 //    rounding rather than dloss * p - dloss.
+//  * The shard kernels (cross_entropy_lse, cross_entropy_backward_shard) serve vocab-parallel
+//    cross-entropy: the same row arithmetic, with lse in double (V = 0 allowed: -inf) and, in the
+//    backward, target >= V meaning "the target is in another shard" (softmax term only).
 #include <omp.h>
 
 #include <bit>
@@ -101,6 +104,12 @@ PTRAIN_WIDE_SIMD void row_backward(const T* __restrict__ x, T* __restrict__ dx, 
   dx[t] = d_target + g * (exp_t<T>(x[t] - lse) - T(1));
 }
 
+/// dx[0, V) += g * exp(x - lse): the gradient of a row whose target is in another vocabulary shard.
+template <class T>
+PTRAIN_WIDE_SIMD void row_backward_softmax(const T* __restrict__ x, T* __restrict__ dx, int64_t V, T g, T lse) {
+  for (int64_t j = 0; j < V; ++j) dx[j] += g * exp_t<T>(x[j] - lse);
+}
+
 void check_targets(const int32_t* targets, int64_t N, int64_t V) {
   for (int64_t i = 0; i < N; ++i)
     PT_CHECK(targets[i] < V, "cross_entropy: target {} at row {} is >= the vocabulary size {}", targets[i], i, V);
@@ -148,10 +157,49 @@ void cross_entropy_backward(const T* logits, const int32_t* targets, const T* ls
   }
 }
 
+template <class T> void cross_entropy_lse(const T* logits, double* lse, int64_t N, int64_t Vp, int64_t V) {
+  PT_CHECK(V >= 0 && V <= Vp, "cross_entropy_lse: need 0 <= V <= Vp, got V={} Vp={}", V, Vp);
+  if (V == 0) {
+    for (int64_t i = 0; i < N; ++i) lse[i] = -std::numeric_limits<double>::infinity();
+    return;
+  }
+  const auto row = [=](int64_t i) { lse[i] = row_lse(logits + i * Vp, V); };  // rows [Vp]
+  if (run_parallel(N * V)) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) row(i);
+  } else {
+    for (int64_t i = 0; i < N; ++i) row(i);
+  }
+}
+
+template <class T>
+void cross_entropy_backward_shard(const T* logits, const int32_t* targets, const T* lse, const T* dloss, T* dlogits,
+                                  int64_t N, int64_t Vp, int64_t V) {
+  PT_CHECK(V >= 0 && V <= Vp, "cross_entropy_backward_shard: need 0 <= V <= Vp, got V={} Vp={}", V, Vp);
+  if (!dlogits || V == 0) return;
+  const auto row = [=](int64_t i) {
+    const int32_t t = targets[i];
+    if (t < 0) return;
+    if (t < V)
+      row_backward(logits + i * Vp, dlogits + i * Vp, V, t, dloss[i], lse[i]);  // rows [Vp]
+    else
+      row_backward_softmax(logits + i * Vp, dlogits + i * Vp, V, dloss[i], lse[i]);
+  };
+  if (run_parallel(N * V)) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; ++i) row(i);
+  } else {
+    for (int64_t i = 0; i < N; ++i) row(i);
+  }
+}
+
 #define PTRAIN_INSTANTIATE_CROSS_ENTROPY(T)                                                                \
   template void cross_entropy_forward<T>(const T*, const int32_t*, T*, T*, int64_t, int64_t, int64_t);    \
   template void cross_entropy_backward<T>(const T*, const int32_t*, const T*, const T*, T*, int64_t, int64_t, \
-                                          int64_t);
+                                          int64_t);                                                \
+  template void cross_entropy_lse<T>(const T*, double*, int64_t, int64_t, int64_t);                     \
+  template void cross_entropy_backward_shard<T>(const T*, const int32_t*, const T*, const T*, T*, int64_t, \
+                                                int64_t, int64_t);
 PTRAIN_INSTANTIATE_CROSS_ENTROPY(float)
 PTRAIN_INSTANTIATE_CROSS_ENTROPY(double)
 #undef PTRAIN_INSTANTIATE_CROSS_ENTROPY

@@ -117,5 +117,16 @@ void cross_entropy_forward(const T* logits, const int32_t* targets, T* losses, T
 template <class T>
 void cross_entropy_backward(const T* logits, const int32_t* targets, const T* lse, const T* dloss, T* dlogits,
                             int64_t N, int64_t Vp, int64_t V);
+/// Vocabulary-shard partials (vocab-parallel cross-entropy, parallel/tp_ops.cpp):
+/// lse[i] = log Σ_{j<V} exp(logits[i, j]) in double, computed exactly as cross_entropy_forward
+/// computes it before rounding; 0 <= V <= Vp, and V = 0 (a shard of padding only) gives -inf.
+template <class T> void cross_entropy_lse(const T* logits, double* lse, int64_t N, int64_t Vp, int64_t V);
+/// Gradient of one vocabulary shard: dlogits[i, j] += dloss[i] * (exp(logits[i, j] - lse[i]) - [j == targets[i]])
+/// for j < V, with lse the log-sum-exp over the whole vocabulary (all shards). targets[i] < 0: ignored
+/// row (nothing written); 0 <= targets[i] < V: the target is in this shard; targets[i] >= V: the target
+/// is in another shard (softmax term only). Same arithmetic as cross_entropy_backward row for row.
+template <class T>
+void cross_entropy_backward_shard(const T* logits, const int32_t* targets, const T* lse, const T* dloss, T* dlogits,
+                                  int64_t N, int64_t Vp, int64_t V);
 
 }  // namespace ptrain::cpu

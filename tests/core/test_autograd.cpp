@@ -529,5 +529,203 @@ TEST(Autograd, BackwardRejectsBadRootsAndSeeds) {
   }
 }
 
+
+// ------------------------------------------------------------------ leaf hook
+
+namespace leafhook {
+
+/// What the leaf hook saw: the order of parameters (indices into `p`), a copy of each
+/// gradient at hook time, and whether the embedding table had received a gradient then.
+struct Seen {
+  std::vector<size_t> order;
+  std::map<size_t, Tensor> grad_at_hook;
+  std::vector<bool> table_grad_nonzero;
+};
+
+/// Installs a hook on `tape` that records into `seen`; unknown leaves fail the test.
+void record_hook(Tape& tape, const std::vector<Tensor>& p, Seen& seen) {
+  tape.set_leaf_hook([&p, &seen](const Tensor& leaf) {
+    size_t idx = p.size();
+    for (size_t i = 0; i < p.size(); ++i)
+      if (p[i].same(leaf)) {
+        idx = i;
+        break;  // tied parameters: the first index
+      }
+    ASSERT_LT(idx, p.size()) << "hook called with a tensor that is not a parameter";
+    seen.order.push_back(idx);
+    ASSERT_TRUE(leaf.grad().defined()) << "parameter " << idx << " fired without a gradient";
+    seen.grad_at_hook[idx] = leaf.grad().clone();
+    seen.table_grad_nonzero.push_back(!all_zero_or_undefined(p[0].grad()));
+  });
+}
+
+}  // namespace leafhook
+
+// Every parameter of the net fires exactly once, right after its last contribution in reverse
+// order (so the LM head fires before the embedding backward has run), with its final gradient
+// (bit for bit); the gradients equal a run without the hook. Split mode: nothing fires during
+// the input-gradient pass (every parameter gradient of the net is deferred), then all fire in
+// backward_weights() in the same order. A tied embedding (table used by embedding and head)
+// fires once, after the embedding.
+TEST(Autograd, LeafHookFiresOncePerParameterWithItsFinalGradient) {
+  Net net(7);
+  const Grads ref = run_net(net);
+  const std::vector<size_t> want_order = {11, 9, 10, 8, 6, 7, 5, 4, 3, 2, 1, 0};
+  for (bool split : {false, true}) {
+    SCOPED_TRACE(split ? "split" : "unsplit");
+    auto p = net.params();
+    Tensor x = net.x_in();
+    Tape tape;
+    tape.watch(x);
+    leafhook::Seen seen;
+    leafhook::record_hook(tape, p, seen);
+    Tensor loss;
+    {
+      TapeGuard guard(&tape);
+      loss = net.loss(p, x);
+    }
+    tape.backward(loss, Tensor(), split);
+    if (split) {
+      EXPECT_TRUE(seen.order.empty()) << "a parameter fired before its deferred weight gradient ran";
+      tape.backward_weights();
+    }
+    EXPECT_EQ(seen.order, want_order);
+    ASSERT_FALSE(seen.table_grad_nonzero.empty());
+    EXPECT_FALSE(seen.table_grad_nonzero.front()) << "the head fired only after the embedding ran backward";
+    for (size_t i = 0; i < p.size(); ++i) {
+      ASSERT_TRUE(seen.grad_at_hook.count(i)) << "parameter " << i << " never fired";
+      EXPECT_TRUE(same_bits(seen.grad_at_hook[i], p[i].grad())) << "parameter " << i << " changed after its hook";
+      EXPECT_TRUE(same_bits(p[i].grad(), ref.params[i])) << "parameter " << i;
+    }
+    EXPECT_TRUE(same_bits(tape.grad_of(x), ref.x_in));
+  }
+
+  // Tied embedding: p[11] is p[0]. Reference: the untied net with equal table and head values,
+  // whose two gradients add up to the tied one.
+  Net untied = net;
+  untied.vals[11] = untied.vals[0];
+  const Grads uref = run_net(untied);
+  for (bool split : {false, true}) {
+    SCOPED_TRACE(split ? "tied, split" : "tied, unsplit");
+    auto p = net.params();
+    p[11] = p[0];
+    Tape tape;
+    leafhook::Seen seen;
+    leafhook::record_hook(tape, p, seen);
+    Tensor loss;
+    {
+      TapeGuard guard(&tape);
+      loss = net.loss(p, net.x_in());
+    }
+    tape.backward(loss, Tensor(), split);
+    if (split) {
+      EXPECT_TRUE(seen.order.empty());
+      tape.backward_weights();
+    }
+    const std::vector<size_t> tied_order = {9, 10, 8, 6, 7, 5, 4, 3, 2, 1, 0};
+    EXPECT_EQ(seen.order, tied_order) << "the tied table fires once, after the embedding";
+    for (size_t i = 0; i < 11; ++i) {
+      ASSERT_TRUE(seen.grad_at_hook.count(i)) << "parameter " << i << " never fired";
+      EXPECT_TRUE(same_bits(seen.grad_at_hook[i], p[i].grad())) << "parameter " << i << " changed after its hook";
+    }
+    // The tied gradient is the sum of both uses (summed in another order: not bit for bit).
+    std::vector<double> sum = uref.params[0].to_double_vector();
+    const auto head = uref.params[11].to_double_vector();
+    for (size_t j = 0; j < sum.size(); ++j) sum[j] += head[j];
+    EXPECT_LT(rel_diff(p[0].grad().to_double_vector(), sum), 1e-14);
+  }
+}
+
+// A leaf with contributions both in the input-gradient pass (a direct op) and in a deferred
+// weight-gradient closure fires only after both, whichever is visited last; unsplit, it fires
+// during backward. Leaves on a branch the roots do not reach never fire and get no gradient.
+TEST(Autograd, LeafHookWaitsForDirectAndDeferredContributionsAndSkipsUnreachedLeaves) {
+  const auto xv = random_vector(8, 30), wv = random_vector(12, 31), cv = random_vector(3, 32),
+             uv = random_vector(12, 33), r1 = random_vector(6, 34), r2 = random_vector(3, 35);
+  // Gradients by hand: y = x w^T + c, q = c ⊙ c; dW = r1^T x, dc = colsum(r1) + 2 c ⊙ r2.
+  std::vector<double> want_w(12, 0.0), want_c(3, 0.0);
+  for (int n = 0; n < 3; ++n) {
+    for (int m = 0; m < 2; ++m) {
+      for (int k = 0; k < 4; ++k) want_w[n * 4 + k] += r1[m * 3 + n] * xv[m * 4 + k];
+      want_c[n] += r1[m * 3 + n];
+    }
+    want_c[n] += 2 * cv[n] * r2[n];
+  }
+  for (bool mul_first : {false, true})
+    for (bool split : {false, true}) {
+      SCOPED_TRACE(std::string(mul_first ? "mul recorded first" : "linear recorded first") +
+                   (split ? ", split" : ", unsplit"));
+      std::vector<Tensor> p = {leaf(wv, {3, 4}), leaf(cv, {3}), leaf(uv, {3, 4})};
+      Tape tape;
+      leafhook::Seen seen;
+      leafhook::record_hook(tape, p, seen);
+      Tensor y, q;
+      {
+        TapeGuard guard(&tape);
+        const Tensor x = f64(xv, {2, 4});
+        if (mul_first) q = ops::mul(p[1], p[1]);
+        y = ops::linear(x, p[0], p[1]);       // [2, 3]
+        if (!mul_first) q = ops::mul(p[1], p[1]);  // [3]
+        Tensor dead = ops::silu(ops::linear(x, p[2]));  // not reached from the roots
+        (void)dead;
+      }
+      tape.backward({y, q}, {f64(r1, {2, 3}), f64(r2, {3})}, split);
+      if (split) {
+        EXPECT_TRUE(seen.order.empty()) << "fired before the deferred weight gradient of linear";
+        tape.backward_weights();
+      }
+      ASSERT_EQ(seen.order.size(), 2u);
+      EXPECT_EQ(seen.order[0], 0u) << "linear lists w before c";
+      EXPECT_EQ(seen.order[1], 1u);
+      for (size_t i = 0; i < 2; ++i) {
+        ASSERT_TRUE(seen.grad_at_hook.count(i));
+        EXPECT_TRUE(same_bits(seen.grad_at_hook[i], p[i].grad())) << "parameter " << i << " changed after its hook";
+      }
+      EXPECT_LT(rel_diff(p[0].grad().to_double_vector(), want_w), 1e-14);
+      EXPECT_LT(rel_diff(p[1].grad().to_double_vector(), want_c), 1e-14);
+      EXPECT_FALSE(p[2].grad().defined()) << "an unreached leaf got a gradient";
+      EXPECT_EQ(seen.grad_at_hook.count(2), 0u) << "an unreached leaf fired";
+    }
+}
+
+// Without a hook nothing changes; removing it (empty function) stops the calls; a second
+// tape accumulating into the same parameters shows the hook the accumulated (final) value.
+TEST(Autograd, LeafHookSeesAccumulatedGradientOnTheLastMicroBatch) {
+  Net a(8), b(9);
+  b.vals = a.vals;
+  auto p = a.params();
+  int calls = 0;
+  std::map<size_t, Tensor> at_hook;
+  for (const Net* net : {&a, &b}) {
+    Tape tape;
+    if (net == &a) {
+      tape.set_leaf_hook([&](const Tensor&) { ++calls; });
+      tape.set_leaf_hook(nullptr);
+    } else {
+      tape.set_leaf_hook([&](const Tensor& leaf) {
+        ++calls;
+        for (size_t i = 0; i < p.size(); ++i)
+          if (p[i].same(leaf)) at_hook[i] = leaf.grad().clone();
+      });
+    }
+    Tensor loss;
+    {
+      TapeGuard guard(&tape);
+      loss = net->loss(p, net->x_in());
+    }
+    tape.backward(loss);
+  }
+  EXPECT_EQ(calls, static_cast<int>(p.size())) << "only the second tape's hook fires, once per parameter";
+  const Grads ga = run_net(a), gb = run_net(b);
+  for (size_t i = 0; i < p.size(); ++i) {
+    ASSERT_TRUE(at_hook.count(i)) << "parameter " << i;
+    EXPECT_TRUE(same_bits(at_hook[i], p[i].grad())) << "parameter " << i;
+    auto sum = ga.params[i].to_double_vector();
+    const auto other = gb.params[i].to_double_vector();
+    for (size_t j = 0; j < sum.size(); ++j) sum[j] += other[j];
+    EXPECT_LT(rel_diff(p[i].grad().to_double_vector(), sum), 1e-13) << "parameter " << i;
+  }
+}
+
 }  // namespace
 }  // namespace ptrain

@@ -4,7 +4,8 @@
 // would show); float/double agreement of losses, lse and gradients; finite-difference gradients
 // in double with one ignored row (padding and ignored rows receive nothing, the rest accumulates);
 // all rows ignored; extreme and -inf logits; target >= V rejected; bit-identical results for
-// 1 and 3 OMP threads.
+// 1 and 3 OMP threads. The vocabulary-shard kernels (cross_entropy_lse, cross_entropy_backward_shard,
+// used by parallel/tp_ops.cpp) agree bit for bit with the full kernels row for row.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -212,6 +213,64 @@ TEST(CrossEntropy, ThreadCountIndependent) {
   EXPECT_EQ(l1, l3);
   EXPECT_EQ(s1, s3);
   EXPECT_EQ(d1, d3);
+}
+
+// The shard kernels are the full kernels' arithmetic: lse in double before rounding, the same
+// gradient rows; a target elsewhere (>= V) drops only the one-hot term; V = 0 is all padding.
+TEST(CrossEntropy, ShardKernelsMatchTheFullKernels) {
+  ThreadGuard guard;
+  for (int threads : {1, 3}) {
+    omp_set_num_threads(threads);
+    const int64_t N = 40, Vp = 1030, V = 1000;  // N * V above the parallel threshold
+    const auto xd = padded_logits(N, Vp, V, 11, 6.0);
+    const auto xf = cast<float>(xd);
+    std::vector<int32_t> t(N), elsewhere(N);
+    for (int64_t i = 0; i < N; ++i) {
+      t[i] = i % 7 == 3 ? -1 : static_cast<int32_t>((i * 131) % V);
+      elsewhere[i] = t[i] < 0 ? -1 : static_cast<int32_t>(V + i % 3);
+    }
+    const auto dl = cast<float>(random_vector(N, 12));
+    std::vector<float> loss(N), lse(N);
+    cross_entropy_forward<float>(xf.data(), t.data(), loss.data(), lse.data(), N, Vp, V);
+    std::vector<double> lse_d(N), lse_dd(N), loss_dd(N);
+    cross_entropy_lse<float>(xf.data(), lse_d.data(), N, Vp, V);
+    cross_entropy_forward<double>(xd.data(), t.data(), loss_dd.data(), lse_dd.data(), N, Vp, V);
+    std::vector<double> lse_d64(N);
+    cross_entropy_lse<double>(xd.data(), lse_d64.data(), N, Vp, V);
+    for (int64_t i = 0; i < N; ++i) {
+      EXPECT_EQ(static_cast<float>(lse_d[i]), lse[i]) << "row " << i;
+      EXPECT_EQ(lse_d64[i], lse_dd[i]) << "row " << i;
+      EXPECT_NEAR(lse_d64[i], ref_lse(xd, i, Vp, V), 1e-12) << "row " << i;
+    }
+    std::vector<float> full(N * Vp, 0.25f), shard(N * Vp, 0.25f), other(N * Vp, 0.25f);
+    cross_entropy_backward<float>(xf.data(), t.data(), lse.data(), dl.data(), full.data(), N, Vp, V);
+    cross_entropy_backward_shard<float>(xf.data(), t.data(), lse.data(), dl.data(), shard.data(), N, Vp, V);
+    cross_entropy_backward_shard<float>(xf.data(), elsewhere.data(), lse.data(), dl.data(), other.data(), N, Vp, V);
+    EXPECT_EQ(shard, full);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t j = 0; j < Vp; ++j) {
+        const size_t k = static_cast<size_t>(i * Vp + j);
+        if (t[i] >= 0 && j == t[i]) {
+          // the one-hot term dl * (p - 1) is missing: other - full = dl (up to float rounding)
+          EXPECT_NEAR(other[k] - full[k], dl[i], 1e-6) << i << "," << j;
+        } else {
+          differ += other[k] != full[k];
+        }
+      }
+    EXPECT_EQ(differ, 0) << "a target elsewhere changed more than its own column";
+  }
+  // V = 0: a shard of padding only: lse -inf, nothing written
+  const std::vector<float> x = {kNaN, kNaN, kNaN, kNaN};
+  std::vector<double> l(2, 7.0);
+  cross_entropy_lse<float>(x.data(), l.data(), 2, 2, 0);
+  EXPECT_EQ(l[0], -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(l[1], -std::numeric_limits<double>::infinity());
+  const std::vector<int32_t> tt = {0, -1};
+  const std::vector<float> ls = {0.f, 0.f}, g = {1.f, 1.f};
+  std::vector<float> dx(4, 0.5f);
+  cross_entropy_backward_shard<float>(x.data(), tt.data(), ls.data(), g.data(), dx.data(), 2, 2, 0);
+  EXPECT_EQ(dx, std::vector<float>(4, 0.5f));
 }
 
 }  // namespace

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# tests/launch/kill_rank.sh — a killed rank ends the whole job (ctest case, label mpi).
+#
+#   kill_rank.sh MPIEXEC PTRAIN WORKDIR [mpirun flags...]
+#
+# Starts a 2-rank pipeline run (pp 2) long enough to be killed mid-step, waits for its first
+# metrics row, kill -9's world rank 1, then requires: mpirun exits within 30 s, non-zero; its
+# output names rank 1; no ptrain process of this job is left.
+set -uo pipefail
+mpiexec=$1 ptrain=$2 work=$3
+shift 3
+rm -rf "$work" && mkdir -p "$work"
+python3 - "$work/c.txt" <<'PY'
+import random, sys
+random.seed(3)
+w = "the cat sat on a mat and dog ran to see big red ball".split()
+open(sys.argv[1], "w").write("\n".join(" ".join(random.choice(w) for _ in range(10)) for _ in range(3000)))
+PY
+"$ptrain" prepare --input "$work/c.txt" --out "$work/c.h5" --tokenizer byte >/dev/null || exit 1
+cat >"$work/kill.yaml" <<YAML
+model: {arch: llama, vocab_size: 256, hidden: 64, layers: 4, heads: 4, ffn_hidden: 128, max_seq_len: 64}
+parallel: {pp: 2}
+train: {seq_len: 64, micro_batch: 2, global_batch: 8, steps: 100000, precision: fp32, threads: 1, log_every: 1}
+data: {path: $work/c.h5, shuffle: false}
+checkpoint: {dir: $work/run, every: 0}
+device: cpu
+YAML
+"$mpiexec" "$@" -np 2 "$ptrain" --cfg "$work/kill.yaml" >"$work/out.txt" 2>&1 &
+job=$!
+for _ in $(seq 1 600); do
+  [[ -s $work/run/metrics.jsonl ]] && break
+  sleep 0.1
+done
+[[ -s $work/run/metrics.jsonl ]] || { echo "FAIL: no step finished"; cat "$work/out.txt"; kill -9 $job; exit 1; }
+victim=""
+for p in $(pgrep -f "ptrain --cfg $work/kill.yaml"); do
+  [[ $p == "$job" ]] && continue
+  if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1"; then victim=$p; fi
+done
+[[ -n $victim ]] || { echo "FAIL: rank 1 not found"; kill -9 $job; exit 1; }
+t0=$(date +%s.%N)
+kill -9 "$victim"
+for _ in $(seq 1 300); do
+  kill -0 $job 2>/dev/null || break
+  sleep 0.1
+done
+t1=$(date +%s.%N)
+if kill -0 $job 2>/dev/null; then
+  echo "FAIL: job still running 30 s after rank 1 was killed"; pkill -9 -f "ptrain --cfg $work/kill.yaml"; exit 1
+fi
+wait $job; rc=$?
+secs=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
+echo "job ended $secs s after kill -9 of rank 1 (pid $victim), exit status $rc"
+sleep 0.5
+left=$(pgrep -f "ptrain --cfg $work/kill.yaml" | wc -l)
+fail=0
+[[ $rc -ne 0 ]] || { echo "FAIL: exit status 0"; fail=1; }
+grep -Eq "rank 1" "$work/out.txt" || { echo "FAIL: output does not name rank 1"; fail=1; }
+[[ $left -eq 0 ]] || { echo "FAIL: $left ptrain processes left"; pkill -9 -f "ptrain --cfg $work/kill.yaml"; fail=1; }
+grep -E "rank 1" "$work/out.txt" | head -3
+exit $fail
