@@ -615,13 +615,13 @@ double Trainer::evaluate() {
         const int chunk = gs / pp;
         if (gs > 0 && pp > 1) {
           h = Tensor::empty(stage_->input_shape(chunk), spec_.dtype);
-          grid_->pp().recv(h, (gs - 1) % pp, 1 << 20 | gs);
+          grid_->pp().recv(h, (gs - 1) % pp, gs);  // no schedule message is in flight here
         }
         Tensor out = stage_->forward_only(chunk, h, mb.inputs, mb.targets);
         if (gs == S - 1) {
           if (grid_->coord().tp == 0) sum += out.to_double_vector()[0];
         } else if (pp > 1) {
-          grid_->pp().isend(out, (gs + 1) % pp, 1 << 20 | (gs + 1))->wait();
+          grid_->pp().isend(out, (gs + 1) % pp, gs + 1)->wait();
         } else {
           h = out;
         }
@@ -688,7 +688,7 @@ int Trainer::run() {
       timeline_.stop();
       const auto& c = grid_->coord();
       parallel::write_chrome_trace(timeline_, grid_->world(),
-                                   fmt::format("rank {} (dp {}, pp {}, tp {})", opt_.rank, c.dp, c.pp, c.tp),
+                                   fmt::format("(dp {}, pp {}, tp {})", c.dp, c.pp, c.tp),
                                    (fs::path(cfg_.checkpoint.dir) / "trace.json").string());
     }
     double val = std::nan("");
