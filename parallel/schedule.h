@@ -65,7 +65,7 @@ struct ScheduleSpec {
 
 /// The action list of pipeline rank `rank`. Throws ptrain::Error for an impossible spec
 /// (interleaved with M % pp != 0, v > 1 without interleaved, pp/M/v < 1, rank out of
-/// range, 2*M*pp*v > 32767 tags); the message names the parallel.* config keys.
+/// range, more than 32768 tags 2*M*pp*v); the message names the parallel.* config keys.
 std::vector<Action> make_schedule(const ScheduleSpec& s, int rank);
 /// make_schedule for every pipeline rank, [rank][i].
 std::vector<std::vector<Action>> make_all_schedules(const ScheduleSpec& s);

@@ -45,7 +45,7 @@ fs::path root_dir() {
 }
 
 struct Row {
-  double loss, grad_norm;
+  double loss, grad_norm, val_loss;  ///< val_loss NaN on steps without evaluation
 };
 
 std::vector<Row> read_metrics(const fs::path& run) {
@@ -54,7 +54,8 @@ std::vector<Row> read_metrics(const fs::path& run) {
   std::string line;
   while (std::getline(f, line)) {
     auto j = nlohmann::json::parse(line);
-    r.push_back({j.at("loss").get<double>(), j.at("grad_norm").get<double>()});
+    r.push_back({j.at("loss").get<double>(), j.at("grad_norm").get<double>(),
+                 j.contains("val_loss") ? j.at("val_loss").get<double>() : std::nan("")});
   }
   return r;
 }
@@ -86,7 +87,7 @@ class ParallelEquivalence : public ::testing::Test {
 model: {{arch: {}, vocab_size: 256, hidden: 32, layers: 4, heads: 4, kv_heads: {}, ffn_hidden: 64,
          max_seq_len: 32, pad_vocab_to: 64}}
 train: {{seq_len: 16, micro_batch: 1, global_batch: 8, steps: 20, seed: 5, precision: fp32, threads: 1,
-         log_every: 1}}
+         log_every: 1, eval_every: 10, val_fraction: 0.05, eval_batches: 2}}
 optim: {{lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 2, grad_clip: 0.5}}
 data: {{path: {}, shuffle: true}}
 device: cpu
@@ -162,6 +163,11 @@ device: cpu
       EXPECT_NEAR(got[s].loss, want[s].loss, rel * std::fabs(want[s].loss)) << what << " loss at step " << s + 1;
       EXPECT_NEAR(got[s].grad_norm, want[s].grad_norm, rel * std::fabs(want[s].grad_norm))
           << what << " grad norm at step " << s + 1;
+      // evaluation (steps 10 and 20) runs forward-only through the same pipeline and TP groups
+      EXPECT_EQ(std::isnan(got[s].val_loss), std::isnan(want[s].val_loss)) << what << " val_loss at step " << s + 1;
+      if (!std::isnan(want[s].val_loss))
+        EXPECT_NEAR(got[s].val_loss, want[s].val_loss, rel * std::fabs(want[s].val_loss))
+            << what << " val_loss at step " << s + 1;
     }
   }
 
