@@ -1,15 +1,7 @@
-// core/cuda/device.cu — device discovery and the first (trivial) kernel.
-#include <cuda_runtime.h>
+// core/cuda/device.cu — device discovery and a trivial kernel (both CUDA builds).
+#include "core/cuda/runtime.h"
 
 #include "core/cuda/device.h"
-#include "core/error.h"
-
-#define CUDA_CHECK(expr)                                                                        \
-  do {                                                                                          \
-    cudaError_t cuda_check_err__ = (expr);                                                      \
-    PT_CHECK(cuda_check_err__ == cudaSuccess, "CUDA error {}: {}", static_cast<int>(cuda_check_err__), \
-             cudaGetErrorString(cuda_check_err__));                                             \
-  } while (0)
 
 namespace ptrain::cuda {
 
@@ -44,8 +36,7 @@ void saxpy_roundtrip(int dev, float a, const float* x, float* y, long n) {
   CUDA_CHECK(cudaMemcpy(dy, y, n * sizeof(float), cudaMemcpyHostToDevice));
   const int threads = 256;
   const int blocks = static_cast<int>((n + threads - 1) / threads);
-  saxpy_kernel<<<blocks, threads>>>(a, dx, dy, n);
-  CUDA_CHECK(cudaGetLastError());
+  PT_LAUNCH(saxpy_kernel, blocks, threads, 0, nullptr, a, dx, dy, n);
   CUDA_CHECK(cudaMemcpy(y, dy, n * sizeof(float), cudaMemcpyDeviceToHost));
   CUDA_CHECK(cudaFree(dx));
   CUDA_CHECK(cudaFree(dy));

@@ -1,4 +1,4 @@
-// core/cuda/device.h — host-side view of the CUDA devices (nvcc build only).
+// core/cuda/device.h — host-side view of the CUDA devices (nvcc or emulated build).
 //
 // The first piece of the CUDA backend: device discovery and a checked launch of a
 // trivial kernel, so the nvcc build, its sm_89/sm_90 targets and the `cuda` test label
