@@ -59,6 +59,10 @@
 #if PTRAIN_SIMT_ASAN
 extern "C" const char* __asan_default_options() { return "handle_segv=0:handle_sigbus=0"; }
 #endif
+#if defined(PTRAIN_UBSAN)
+// A UBSan finding inside a kernel prints the stack, which names the kernel function.
+extern "C" const char* __ubsan_default_options() { return "print_stacktrace=1:halt_on_error=1"; }
+#endif
 
 struct CUstream_st {
   struct Op {

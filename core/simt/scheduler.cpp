@@ -165,7 +165,7 @@ struct KernelFault : std::runtime_error {
 };
 
 constexpr size_t kRedzone = 64;
-constexpr size_t kArenaBytes = kMaxSharedOptin + kMaxStaticShared + 128 * 2 * kRedzone + 4096;
+constexpr size_t kArenaBytes = (kMaxSharedOptin + kMaxStaticShared + 128 * 2 * kRedzone + 4096 + 4095) / 4096 * 4096;
 
 struct SharedVar {
   const detail::SharedSite* site;

@@ -61,7 +61,7 @@ inline std::string order_check(const std::string& kernel, const std::function<st
 inline std::string finite_check(const std::string& kernel, const std::vector<float>& v) {
   for (size_t i = 0; i < v.size(); ++i)
     if (!std::isfinite(v[i]))
-      return "kernel " + kernel + " produced " + std::to_string(v[i]) + " at index " + std::to_string(i) +
+      return "kernel " + kernel + " produced " + (std::isnan(v[i]) ? std::string("NaN") : std::to_string(v[i])) + " at index " + std::to_string(i) +
              " (a read of memory never written: fresh device and shared memory hold NaN)";
   return "";
 }

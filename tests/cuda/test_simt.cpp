@@ -92,7 +92,9 @@ TEST_F(Simt, DynamicSharedMemoryAnd2dIndices) {
   for (int b = 0; b * 128 < n; ++b) {
     for (int t = 0; t < 128; ++t) {
       const int j = b * 128 + (127 - t), i = b * 128 + t;
-      if (j < n) EXPECT_EQ(y[j], i < n ? x[i] : 0.0f) << j;
+      if (j < n) {
+        EXPECT_EQ(y[j], i < n ? x[i] : 0.0f) << j;
+      }
     }
   }
   const int rows = 13, cols = 35;
