@@ -10,7 +10,7 @@ PKGS=(
   libopenmpi-dev openmpi-bin
   libhdf5-dev
   libyaml-cpp-dev
-  libboost-program-options-dev
+  libboost-program-options-dev libboost-context-dev
   libgtest-dev libgmock-dev
   libopenblas-dev
   nlohmann-json3-dev libfmt-dev

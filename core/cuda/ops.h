@@ -1,0 +1,89 @@
+// core/cuda/ops.h — host launchers of the CUDA op kernels (embedding, RMSNorm, residual add,
+// fused softmax cross-entropy), callable from plain C++ (no CUDA header needed).
+//
+// Kernels: core/cuda/{embedding,rms_norm,add,cross_entropy}.cu. Reference semantics: the CPU
+// kernels of core/cpu/kernels.h, against which tests/cuda/test_ops_cuda.cpp checks every op.
+// Invariants shared by every launcher here:
+//  * All pointers are device pointers; rows are contiguous (row-major). Activations, weights
+//    and their gradients are in `dt` (DType::f32, bf16 or f16; anything else throws
+//    std::invalid_argument); ids and targets are int32; saved statistics (rstd, lse) and the
+//    cross-entropy losses and their gradients are fp32.
+//  * Mixed precision: low-precision values are read, all arithmetic is fp32, and every stored
+//    value is rounded once, to nearest even (__float2bfloat16_rn / __float2half_rn).
+//  * Forward launchers overwrite their outputs; backward launchers ACCUMULATE (+=) into
+//    gradients (llm.c's convention). A gradient pointer may be nullptr: not computed.
+//  * Deterministic: no floating-point atomics; every reduction has a fixed order, so results
+//    are bit-identical across runs and across thread and block orders.
+//  * Asynchronous on `stream` (nullptr: the legacy default stream); no host synchronisation,
+//    no allocation: scratch memory is passed in by the caller, sized by *_scratch_bytes.
+//  * Every kernel is launched through PT_LAUNCH and counted by core/cuda/launch_stats.h under
+//    its instantiated name, e.g. "rms_norm_forward_kernel<__nv_bfloat16>" (T = float,
+//    __nv_bfloat16 or __half in the names below).
+//  * Shapes are the caller's to check (the op structs do it with messages); the launchers
+//    only reject a bad dtype or a missing scratch buffer. Sizes are 64-bit; indices into a
+//    tensor are computed in 64 bits. Zero-sized work launches nothing.
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+struct CUstream_st;  // cudaStream_t is CUstream_st*
+
+namespace ptrain::cuda {
+
+// ---------------------------------------------------------------- embedding
+/// out[n, C] = table[ids[n], :]. ids must be in [0, V) (the table's rows; not checked here).
+/// Kernel: embedding_forward_kernel<T>.
+void embedding_forward(const int32_t* ids, const void* table, void* out, int64_t n, int64_t C, DType dt,
+                       CUstream_st* stream);
+/// Bytes of scratch that embedding_backward needs for n tokens (0 when n == 0).
+size_t embedding_backward_scratch_bytes(int64_t n);
+/// dtable[ids[i], :] += dout[i, :]: for each distinct id, the rows of dout are summed in fp32
+/// in token order starting from the current dtable row, and stored rounded once (for f32,
+/// bit-identical to core/cpu's embedding_backward). ids in [0, V), n < 2^31.
+/// Kernels: embedding_backward_keys_kernel, embedding_backward_sort_tile_kernel,
+/// embedding_backward_sort_step_kernel, embedding_backward_sort_merge_kernel (a bitonic sort
+/// of (id, token) keys) and embedding_backward_segments_kernel<T>.
+/// `scratch`: embedding_backward_scratch_bytes(n) bytes of device memory, 8-byte aligned.
+void embedding_backward(const int32_t* ids, const void* dout, void* dtable, int64_t n, int64_t C, DType dt,
+                        void* scratch, CUstream_st* stream);
+
+// ---------------------------------------------------------------- RMSNorm
+/// y = x * rstd * w, rstd[r] = 1/sqrt(mean(x[r]^2) + eps); x, y [rows, C], w [C], rstd [rows]
+/// fp32 (saved for the backward). Kernel: rms_norm_forward_kernel<T>.
+void rms_norm_forward(const void* x, const void* w, void* y, float* rstd, int64_t rows, int64_t C, double eps,
+                      DType dt, CUstream_st* stream);
+/// Rows per chunk of the dw reduction (as core/cpu's kReduceChunk).
+inline constexpr int64_t kRmsNormDwChunk = 64;
+/// Bytes of fp32 scratch that rms_norm_backward needs for dw: ceil(rows / 64) * C floats.
+size_t rms_norm_backward_scratch_bytes(int64_t rows, int64_t C);
+/// dx += rstd * w * dy - (rstd^3 / C) * x * Σ_c dy*w*x ;  dw += Σ_rows dy * x * rstd.
+/// dw: per-chunk partials over fixed chunks of 64 rows (rows in order) into `scratch`, then
+/// summed in chunk order. dx or dw may be nullptr; `scratch` (rms_norm_backward_scratch_bytes,
+/// 4-byte aligned) may be nullptr when dw is.
+/// Kernels: rms_norm_backward_dx_kernel<T>, rms_norm_backward_dw_partial_kernel<T>,
+/// rms_norm_backward_dw_sum_kernel<T>.
+void rms_norm_backward(const void* dy, const void* x, const void* w, const float* rstd, void* dx, void* dw,
+                       int64_t rows, int64_t C, DType dt, void* scratch, CUstream_st* stream);
+
+// ---------------------------------------------------------------- residual add
+/// y = a + b over n elements (y may alias a or b). Kernel: add_forward_kernel<T>.
+void add_forward(const void* a, const void* b, void* y, int64_t n, DType dt, CUstream_st* stream);
+/// dst += src over n elements: the add's backward (da += dy, db += dy). Kernel: accumulate_kernel<T>.
+void accumulate(void* dst, const void* src, int64_t n, DType dt, CUstream_st* stream);
+
+// ---------------------------------------------------------------- cross-entropy (fused softmax)
+/// logits [N, Vp] in dt, of which columns [0, V) are real (1 <= V <= Vp; columns >= V are
+/// never read, as if masked to -inf); targets [N] in [0, V), or < 0 for an ignored row.
+/// lse[i] = log Σ_{j<V} exp(logits[i, j]) (fp32, saved for every row); losses[i] = lse[i] -
+/// logits[i, targets[i]] (fp32), 0 for an ignored row. One block per row, online max/sum-exp.
+/// Kernel: cross_entropy_forward_kernel<T>.
+void cross_entropy_forward(const void* logits, const int32_t* targets, float* losses, float* lse, int64_t N,
+                           int64_t Vp, int64_t V, DType dt, CUstream_st* stream);
+/// dlogits[i, j] += dloss[i] * (exp(logits[i, j] - lse[i]) - [j == targets[i]]) for j < V;
+/// padded columns and ignored rows are not written. dloss, lse fp32 [N]; dlogits [N, Vp] in dt.
+/// Kernel: cross_entropy_backward_kernel<T>.
+void cross_entropy_backward(const void* logits, const int32_t* targets, const float* lse, const float* dloss,
+                            void* dlogits, int64_t N, int64_t Vp, int64_t V, DType dt, CUstream_st* stream);
+
+}  // namespace ptrain::cuda
