@@ -20,14 +20,17 @@
 // `__shared__` and `<<<` are refused outside this header by scripts/check_cuda_sources.sh.
 #pragma once
 
-#if defined(__CUDACC__)
+// PTRAIN_CUDA_EMULATED comes from the build (a public definition of ptrain_cuda): 1 in the
+// emulated build, 0 in the nvcc build (for .cu files and for host .cpp files alike).
+#if !defined(PTRAIN_CUDA_EMULATED)
+#error "core/cuda/runtime.h needs PTRAIN_CUDA_EMULATED: link the target against ptrain_cuda"
+#endif
+#if PTRAIN_CUDA_EMULATED
+#include "core/simt/simt.h"
+#else
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#define PTRAIN_CUDA_EMULATED 0
-#else
-#include "core/simt/simt.h"
-#define PTRAIN_CUDA_EMULATED 1
 #endif
 
 #include "core/cuda/launch_stats.h"
