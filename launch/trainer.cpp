@@ -93,7 +93,9 @@ Trainer::~Trainer() = default;
 
 void Trainer::check_inputs() {
   PT_USER_CHECK(cfg_.device != DeviceChoice::cuda,
-                "device: cuda is not available in this build (the CPU backend runs it). HINT: set device: cpu or auto");
+                "device: cuda: training on the CUDA device is not implemented yet (the CUDA backend has its first "
+                "kernels and the device allocator; the remaining ops and device training come next). HINT: set "
+                "device: cpu or auto");
   PT_USER_CHECK(opt_.world_size == 1 || world_in_,
                 "a world of {} ranks was announced but no communicator was given (internal)", opt_.world_size);
 

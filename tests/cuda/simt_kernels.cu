@@ -275,3 +275,30 @@ void shuffle_exited(const float* x, float* y) { PT_LAUNCH(bug_shuffle_exited, 1,
 void float_atomic(const float* x, float* sum, int n) { PT_LAUNCH(bug_float_atomic, (n + 127) / 128, 128, 0, nullptr, x, sum, n); }
 
 }  // namespace simt_test
+
+namespace simt_test {
+
+/// Unbounded recursion: runs into the fiber stack's guard page.
+__device__ int deep(int k, volatile int* sink) {
+  volatile char pad[512];
+  pad[k % 512] = static_cast<char>(k);
+  if (k > 1000000) return k;
+  const int r = deep(k + 1, sink);  // the frame (and pad) must survive the call
+  return r + pad[(k * 7) % 512];
+}
+__global__ void k_stack_overflow(int* y) { y[threadIdx.x] = deep(0, y); }
+void stack_overflow(int* y) { PT_LAUNCH(k_stack_overflow, 1, 1, 0, nullptr, y); }
+
+/// The device intrinsics next to their IEEE versions.
+__global__ void k_intrinsics(const float* x, float* y, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    y[4 * i + 0] = __expf(x[i]);
+    y[4 * i + 1] = expf(x[i]);
+    y[4 * i + 2] = __fdividef(1.0f, x[i]);
+    y[4 * i + 3] = rsqrtf(fabsf(x[i]) + 1.0f);
+  }
+}
+void intrinsics(const float* x, float* y, int n) { PT_LAUNCH(k_intrinsics, (n + 63) / 64, 64, 0, nullptr, x, y, n); }
+
+}  // namespace simt_test

@@ -32,3 +32,8 @@ void misaligned_float4(const float* x, float* y, int n4);
 void shuffle_exited(const float* x, float* y);
 void float_atomic(const float* x, float* sum, int n);
 }  // namespace simt_test
+
+namespace simt_test {
+void stack_overflow(int* y);
+void intrinsics(const float* x, float* y, int n);
+}  // namespace simt_test

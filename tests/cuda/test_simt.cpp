@@ -262,3 +262,29 @@ TEST_F(Simt, CopyOutsideAnAllocationIsRefused) {
   (void)cudaGetLastError();
   EXPECT_EQ(cudaMemcpy(h.data(), d.p, 10 * sizeof(float), cudaMemcpyHostToDevice), cudaErrorInvalidValue);  // wrong kind
 }
+
+TEST_F(Simt, StackOverflowHitsTheGuardPage) {
+  EXPECT_DEATH(
+      {
+        DevBuf<int> y(1);
+        stack_overflow(y.p);
+        (void)cudaDeviceSynchronize();
+      },
+      "stack overflow of a GPU thread in kernel k_stack_overflow");
+}
+
+TEST_F(Simt, IntrinsicsRoundLikeTheDevice) {
+  // __expf rounds x·log2(e) to fp32 first: its error grows with |x|; expf stays within 1-2 ulp.
+  const std::vector<float> x = {0.5f, -3.0f, 20.0f, 80.0f, -80.0f, 3.0e38f};
+  DevBuf<float> dx(x), dy(4 * x.size());
+  intrinsics(dx.p, dy.p, static_cast<int>(x.size()));
+  auto y = dy.download();
+  for (size_t i = 0; i < x.size() - 1; ++i) {
+    const double ref = std::exp(static_cast<double>(x[i]));
+    EXPECT_NEAR(y[4 * i + 1] / ref, 1.0, 3e-7) << x[i];
+    EXPECT_NEAR(y[4 * i + 0] / ref, 1.0, 2e-7 * (2.0 + 1.5 * std::fabs(x[i]))) << x[i];
+    EXPECT_NEAR(y[4 * i + 3], 1.0 / std::sqrt(std::fabs(x[i]) + 1.0), 2e-7) << x[i];
+  }
+  EXPECT_NE(y[4 * 3 + 0], y[4 * 3 + 1]) << "__expf(80) should differ from expf(80) in the last bits";
+  EXPECT_EQ(y[4 * 5 + 2], 0.0f) << "__fdividef(1, y) is 0 for 2^126 < |y| < 2^128 on the device";
+}
