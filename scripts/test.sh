@@ -55,7 +55,7 @@ if [[ -x /usr/local/cuda/bin/nvcc ]] || command -v nvcc >/dev/null 2>&1; then
                  grep -E '^(ptrain_cuda|test_cuda_device|test_gpu_silicon|test_ops_cuda|test_device_memory)$' | tr '\n' ' ')
   ninja -C build-nvcc -j "$jobs" $nvcc_targets | tee build-nvcc/nvcc_build.log
   kernels=$(grep -c 'ptxas info    : Used' build-nvcc/nvcc_build.log || true)
-  maxreg=$(grep -o 'Used [0-9]* registers' build-nvcc/nvcc_build.log | awk '{print $2}' | sort -n | tail -1)
+  maxreg=$(grep -o 'Used [0-9]* registers' build-nvcc/nvcc_build.log | awk '{print $2}' | sort -n | tail -1 || true)
   spills=$(grep -E 'bytes spill (stores|loads)' build-nvcc/nvcc_build.log | grep -vc ' 0 bytes spill stores, 0 bytes spill loads' || true)
   echo "nvcc resource usage: ${kernels} kernel compilations (sm_89 + sm_90), max ${maxreg:-0} registers per thread, ${spills} with spills (full log: build-nvcc/nvcc_build.log)"
   phase "build (nvcc)" $((SECONDS - t))
