@@ -11,7 +11,7 @@ function(ptrain_library name)
   file(GLOB srcs CONFIGURE_DEPENDS ${globs})
   add_library(${name} STATIC ${srcs})
   target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
-  target_compile_options(${name} PRIVATE ${PTRAIN_WARNINGS})
+  target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${PTRAIN_WARNINGS}>)
   target_link_libraries(${name} PUBLIC ${A_DEPS})
 endfunction()
 
