@@ -100,6 +100,8 @@ inline constexpr OpTolerance kOpTolerances[] = {
     {"cross_entropy_backward.dlogits", DType::f32, 1e-6, 1e-6},
     {"cross_entropy_backward.dlogits", DType::bf16, 1e-6, 8e-3},
     {"cross_entropy_backward.dlogits", DType::f16, 1e-6, 1e-3},
+    // ---- activations, RoPE, LayerNorm, mul/scale (rows of core/cuda/{activation,rope,layer_norm,elementwise}.cu above this line) ----
+    // ---- optimizer and gradient norm (rows of core/cuda/{adamw,grad_norm}.cu above this line) ----
 };
 // clang-format on
 
