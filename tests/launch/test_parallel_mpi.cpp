@@ -165,9 +165,10 @@ device: cpu
           << what << " grad norm at step " << s + 1;
       // evaluation (steps 10 and 20) runs forward-only through the same pipeline and TP groups
       EXPECT_EQ(std::isnan(got[s].val_loss), std::isnan(want[s].val_loss)) << what << " val_loss at step " << s + 1;
-      if (!std::isnan(want[s].val_loss))
+      if (!std::isnan(want[s].val_loss)) {
         EXPECT_NEAR(got[s].val_loss, want[s].val_loss, rel * std::fabs(want[s].val_loss))
             << what << " val_loss at step " << s + 1;
+      }
     }
   }
 
