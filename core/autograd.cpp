@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "core/cpu/kernels.h"
+#include "core/ops.h"
 
 namespace ptrain {
 
@@ -15,6 +16,14 @@ std::atomic<uint64_t> g_next_tape_id{1};
 /// dst += src (same numel), then rounded to dst's dtype grid.
 void add_into(Tensor& dst, const Tensor& src) {
   PT_CHECK(dst.numel() == src.numel(), "gradient of {} elements added into {}", src.numel(), dst.numel());
+  if (dst.device() == Device::cuda || src.device() == Device::cuda) {
+    PT_CHECK(dst.device() == src.device(), "gradient on {} added into a gradient on {}", device_name(src.device()),
+             device_name(dst.device()));
+    PT_CHECK(dst.dtype() == src.dtype(), "gradient of dtype {} added into {} on the device", dtype_name(src.dtype()),
+             dtype_name(dst.dtype()));
+    ops::device_accumulate(dst, src);
+    return;
+  }
   if (dst.dtype() == DType::f64) {
     cpu::axpy<double>(1.0, src.data<double>(), dst.data<double>(), dst.numel());
   } else {
@@ -46,7 +55,7 @@ Tensor BackwardCtx::grad_in(size_t i) {
   const int64_t slot = e.input_slots[i];
   if (slot < 0) return Tensor();
   Tensor& g = tape_->slot_grads_[static_cast<size_t>(slot)];
-  if (!g.defined()) g = Tensor::zeros(e.input_shapes[i], e.input_dtypes[i]);
+  if (!g.defined()) g = Tensor::zeros(e.input_shapes[i], e.input_dtypes[i], e.input_devices[i]);
   return g;
 }
 
@@ -122,6 +131,7 @@ void Tape::record(OpId op, const std::vector<const Tensor*>& inputs, const std::
   e.input_slots.assign(inputs.size(), -1);
   e.input_shapes.resize(inputs.size());
   e.input_dtypes.resize(inputs.size(), DType::f32);
+  e.input_devices.resize(inputs.size(), Device::cpu);
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Tensor* t = inputs[i];
     if (!t || !t->defined()) continue;
@@ -129,6 +139,7 @@ void Tape::record(OpId op, const std::vector<const Tensor*>& inputs, const std::
       e.input_slots[i] = t->id()->slot;
       e.input_shapes[i] = t->shape();
       e.input_dtypes[i] = t->dtype();
+      e.input_devices[i] = t->device();
     } else if (t->requires_grad())
       e.leaf_inputs[i] = *t;
   }
@@ -163,7 +174,7 @@ Tensor Tape::grad_of(const Tensor& t) const {
 
 void Tape::backward(const Tensor& root, Tensor seed, bool split_weight_grads) {
   if (!seed.defined()) {
-    seed = Tensor::empty(root.shape(), root.dtype() == DType::f64 ? DType::f64 : DType::f32);
+    seed = Tensor::empty(root.shape(), root.dtype() == DType::f64 ? DType::f64 : DType::f32, root.device());
     seed.fill(1.0);
   }
   backward(std::vector<Tensor>{root}, std::vector<Tensor>{seed}, split_weight_grads);

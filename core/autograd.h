@@ -93,6 +93,7 @@ struct TapeEntry {
   std::vector<int64_t> input_slots;  ///< slot of each input on this tape, or -1
   std::vector<Shape> input_shapes;   ///< shape of each tape input (to allocate its gradient)
   std::vector<DType> input_dtypes;   ///< dtype of each tape input (its gradient's dtype)
+  std::vector<Device> input_devices; ///< device of each tape input (where its gradient lives)
   std::vector<int64_t> output_slots;
   std::function<void(BackwardCtx&)> backward;
 };

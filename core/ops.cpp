@@ -8,6 +8,14 @@
 #include <cmath>
 
 #include "core/cpu/kernels.h"
+#if PTRAIN_HAVE_CUDA
+#include "core/cuda/ops_device.h"
+/// Ops with a CUDA kernel hand device tensors to core/cuda/ops_device.cpp after the checks.
+#define PT_DEVICE_OP(x, call) \
+  if ((x).device() == Device::cuda) return device::call
+#else
+#define PT_DEVICE_OP(x, call) (void)0
+#endif
 
 namespace ptrain::ops {
 
@@ -23,11 +31,20 @@ template <class F> void dispatch(const Tensor& t, F&& f) {
   }
 }
 
+/// A float tensor on the CPU (ops without a CUDA kernel yet).
 void check_float(const Tensor& t, const char* op, const char* what) {
   PT_CHECK(t.defined(), "{}: {} is undefined", op, what);
   PT_CHECK(is_float(t.dtype()), "{}: {} must be a float tensor, got {}", op, what, dtype_name(t.dtype()));
-  PT_CHECK(t.device() == Device::cpu, "{}: {} is on {}; the CPU op needs host tensors", op, what,
+  PT_CHECK(t.device() == Device::cpu, "{}: {} is on {}; this op has no CUDA kernel yet", op, what,
            device_name(t.device()));
+}
+
+/// A float tensor on `dev` (ops with a CUDA kernel: every input on the first input's device).
+void check_float_on(const Tensor& t, Device dev, const char* op, const char* what) {
+  PT_CHECK(t.defined(), "{}: {} is undefined", op, what);
+  PT_CHECK(is_float(t.dtype()), "{}: {} must be a float tensor, got {}", op, what, dtype_name(t.dtype()));
+  PT_CHECK(t.device() == dev, "{}: {} is on {} but the op runs on {}", op, what, device_name(t.device()),
+           device_name(dev));
 }
 
 void check_same_family(const Tensor& a, const Tensor& b, const char* op) {
@@ -97,10 +114,11 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 // ------------------------------------------------------------------ elementwise
 
 Tensor add(const Tensor& a, const Tensor& b) {
-  check_float(a, "add", "a");
-  check_float(b, "add", "b");
+  check_float_on(a, a.device(), "add", "a");
+  check_float_on(b, a.device(), "add", "b");
   check_same_family(a, b, "add");
   check_same_shape(a, b, "add");
+  PT_DEVICE_OP(a, add(a, b));
   Tensor y = Tensor::empty(a.shape(), a.dtype());
   dispatch(a, [&](auto tag) {
     using T = decltype(tag);
@@ -179,8 +197,9 @@ Tensor scale(const Tensor& x, double s) {
 
 Tensor embedding(const Tensor& ids, const Tensor& table) {
   PT_CHECK(ids.defined() && ids.dtype() == DType::i32, "embedding: ids must be i32");
-  check_float(table, "embedding", "table");
+  check_float_on(table, ids.device(), "embedding", "table");
   PT_CHECK(table.ndim() == 2, "embedding: table must be [V, C], got {}", shape_str(table.shape()));
+  PT_DEVICE_OP(table, embedding(ids, table));
   const int64_t n = ids.numel(), V = table.dim(0), C = table.dim(1);
   const int32_t* id = ids.data<int32_t>();
   for (int64_t i = 0; i < n; ++i)
@@ -213,11 +232,14 @@ Tensor embedding(const Tensor& ids, const Tensor& table) {
 // ------------------------------------------------------------------ norms
 
 Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
-  check_float(x, "rms_norm", "x");
-  check_float(w, "rms_norm", "weight");
+  check_float_on(x, x.device(), "rms_norm", "x");
+  check_float_on(w, x.device(), "rms_norm", "weight");
   check_same_family(x, w, "rms_norm");
   PT_CHECK(w.ndim() == 1 && w.dim(0) == x.dim(-1), "rms_norm: weight {} for x {}", shape_str(w.shape()),
            shape_str(x.shape()));
+  PT_CHECK(x.device() == Device::cpu || x.dtype() == w.dtype(), "rms_norm: x is {} but the weight is {} (the device "
+           "kernel takes one dtype)", dtype_name(x.dtype()), dtype_name(w.dtype()));
+  PT_DEVICE_OP(x, rms_norm(x, w, eps));
   const int64_t rows = rows_of(x), C = x.dim(-1);
   Tensor y = Tensor::empty(x.shape(), x.dtype());
   Tensor rstd = Tensor::empty({rows}, x.dtype() == DType::f64 ? DType::f64 : DType::f32);
@@ -440,13 +462,16 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
 // ------------------------------------------------------------------ cross-entropy
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t V, double weight) {
-  check_float(logits, "cross_entropy", "logits");
+  check_float_on(logits, logits.device(), "cross_entropy", "logits");
   PT_CHECK(logits.ndim() == 2, "cross_entropy: logits must be [N, Vp], got {}", shape_str(logits.shape()));
   PT_CHECK(targets.defined() && targets.dtype() == DType::i32 && targets.numel() == logits.dim(0),
            "cross_entropy: targets {} for logits {}", targets.defined() ? shape_str(targets.shape()) : "undefined",
            shape_str(logits.shape()));
+  PT_CHECK(targets.device() == logits.device(), "cross_entropy: targets on {}, logits on {}",
+           device_name(targets.device()), device_name(logits.device()));
   const int64_t N = logits.dim(0), Vp = logits.dim(1);
   PT_CHECK(V > 0 && V <= Vp, "cross_entropy: V = {} outside (0, {}]", V, Vp);
+  PT_DEVICE_OP(logits, cross_entropy(logits, targets, V, weight));
   const int32_t* tg = targets.data<int32_t>();
   for (int64_t i = 0; i < N; ++i)
     PT_CHECK(tg[i] < V, "cross_entropy: target {} at row {} is >= vocab {}", tg[i], i, V);
@@ -478,6 +503,15 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t V, dou
     });
   }
   return loss;
+}
+
+void device_accumulate(Tensor& dst, const Tensor& src) {
+#if PTRAIN_HAVE_CUDA
+  device::accumulate(dst, src);
+#else
+  (void)dst, (void)src;
+  PT_CHECK(false, "a device gradient in a build without the CUDA backend");
+#endif
 }
 
 // ------------------------------------------------------------------ shapes

@@ -43,6 +43,8 @@ Tensor swiglu(const Tensor& gate, const Tensor& up);
 /// logits [N, Vp] with Vp >= V (columns >= V are padding, masked out); targets i32 [N],
 /// target < 0 is ignored. weight = 1 / (tokens in the global batch) gives the mean.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t V, double weight);
+/// dst += src for device tensors of one dtype (autograd's gradient accumulation on the device).
+void device_accumulate(Tensor& dst, const Tensor& src);
 /// Same data, new shape (no copy).
 Tensor view(const Tensor& x, Shape shape);
 /// Splits the last dimension into pieces of the given sizes (copies).

@@ -1,6 +1,10 @@
 // core/tensor.cpp — Tensor, storage and the CPU allocator.
 #include "core/tensor.h"
 
+#if PTRAIN_HAVE_CUDA
+#include "core/cuda/device_memory.h"
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -53,8 +57,51 @@ Storage::~Storage() {
   if (ptr) alloc->deallocate(ptr, bytes);
 }
 
+namespace {
+
+// ---- device memory (the CUDA backend when the build has one) ----
+Allocator& allocator_for(Device dev) {
+  if (dev == Device::cpu) return cpu_allocator();
+#if PTRAIN_HAVE_CUDA
+  return cuda::cuda_tensor_allocator();
+#else
+  throw UserError(
+      "device: cuda needs a build with the CUDA backend. HINT: build with nvcc on the PATH (PTRAIN_CUDA=AUTO|ON) "
+      "or configure with -DPTRAIN_CUDA_EMULATION=ON, or set device: cpu");
+#endif
+}
+
+#if PTRAIN_HAVE_CUDA
+void to_device_bytes(void* dst, const void* src, size_t n) { cuda::copy_host_to_device(dst, src, n); }
+void to_host_bytes(void* dst, const void* src, size_t n) { cuda::copy_device_to_host(dst, src, n); }
+void device_bytes(void* dst, const void* src, size_t n) { cuda::copy_device_to_device(dst, src, n); }
+void zero_bytes(void* p, size_t n) { cuda::zero_device(p, n); }
+#else
+[[noreturn]] void no_device() { (void)allocator_for(Device::cuda); throw Error("unreachable"); }
+void to_device_bytes(void*, const void*, size_t) { no_device(); }
+void to_host_bytes(void*, const void*, size_t) { no_device(); }
+void device_bytes(void*, const void*, size_t) { no_device(); }
+void zero_bytes(void*, size_t) { no_device(); }
+#endif
+
+/// A host tensor's elements in the device's layout (bf16/f16 as 2-byte values; they are on
+/// the grid already, so the conversion is exact).
+std::vector<unsigned char> device_layout(const Tensor& h) {
+  const int64_t n = h.numel();
+  std::vector<unsigned char> b(static_cast<size_t>(n) * element_size(h.dtype(), Device::cuda));
+  if (h.dtype() == DType::bf16 || h.dtype() == DType::f16) {
+    const float* s = h.data<float>();
+    auto* d = reinterpret_cast<uint16_t*>(b.data());
+    for (int64_t i = 0; i < n; ++i) d[i] = h.dtype() == DType::bf16 ? float_to_bf16_bits(s[i]) : float_to_f16_bits(s[i]);
+  } else if (!b.empty()) {
+    std::memcpy(b.data(), h.raw(), b.size());
+  }
+  return b;
+}
+
+}  // namespace
+
 Tensor Tensor::empty(Shape shape, DType dtype, Device dev) {
-  PT_CHECK(dev == Device::cpu, "Tensor::empty on {} needs the CUDA backend", device_name(dev));
   for (auto d : shape) PT_CHECK(d >= 0, "negative dimension in shape {}", shape_str(shape));
   Tensor t;
   t.impl_ = std::make_shared<TensorImpl>();
@@ -62,8 +109,31 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device dev) {
   t.impl_->dtype = dtype;
   t.impl_->device = dev;
   t.impl_->storage = std::make_shared<Storage>(
-      static_cast<size_t>(shape_numel(t.impl_->shape)) * element_size(dtype, dev), cpu_allocator());
+      static_cast<size_t>(shape_numel(t.impl_->shape)) * element_size(dtype, dev), allocator_for(dev));
   return t;
+}
+
+Tensor Tensor::to_device(Device dev) const {
+  PT_CHECK(impl_, "to_device on an undefined tensor");
+  if (dev == device()) return *this;
+  Tensor r = empty(shape(), dtype(), dev);
+  if (dev == Device::cuda) {
+    const auto b = device_layout(*this);
+    to_device_bytes(r.raw(), b.data(), b.size());
+    return r;
+  }
+  // device -> host
+  std::vector<unsigned char> b(nbytes());
+  to_host_bytes(b.data(), raw(), b.size());
+  const int64_t n = numel();
+  if (dtype() == DType::bf16 || dtype() == DType::f16) {
+    const auto* s = reinterpret_cast<const uint16_t*>(b.data());
+    float* d = r.data<float>();
+    for (int64_t i = 0; i < n; ++i) d[i] = dtype() == DType::bf16 ? bf16_bits_to_float(s[i]) : f16_bits_to_float(s[i]);
+  } else if (!b.empty()) {
+    std::memcpy(r.raw(), b.data(), b.size());
+  }
+  return r;
 }
 
 Tensor Tensor::zeros(Shape shape, DType dtype, Device dev) {
@@ -171,12 +241,16 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
 
 Tensor Tensor::clone() const {
   Tensor t = empty(shape(), dtype(), device());
-  std::memcpy(t.raw(), raw(), nbytes());
+  if (device() == Device::cuda)
+    device_bytes(t.raw(), raw(), nbytes());
+  else
+    std::memcpy(t.raw(), raw(), nbytes());
   return t;
 }
 
 Tensor Tensor::to(DType t) const {
   if (t == dtype()) return clone();
+  if (device() != Device::cpu) return to_device(Device::cpu).to(t).to_device(device());  // through the host
   Tensor r = empty(shape(), t, device());
   const int64_t n = numel();
   if (dtype() == DType::f64) {
@@ -197,6 +271,12 @@ Tensor Tensor::to(DType t) const {
 }
 
 void Tensor::fill(double value) {
+  if (device() != Device::cpu) {
+    Tensor h = empty(shape(), dtype());
+    h.fill(value);
+    copy_from(h);
+    return;
+  }
   const int64_t n = numel();
   switch (dtype()) {
     case DType::f64: std::fill_n(data<double>(), n, value); break;
@@ -205,10 +285,28 @@ void Tensor::fill(double value) {
   }
 }
 
-void Tensor::zero_() { std::memset(raw(), 0, nbytes()); }
+void Tensor::zero_() {
+  if (device() == Device::cuda)
+    zero_bytes(raw(), nbytes());
+  else
+    std::memset(raw(), 0, nbytes());
+}
 
 void Tensor::copy_from(const Tensor& src) {
   PT_CHECK(src.numel() == numel(), "copy_from: {} into {}", shape_str(src.shape()), shape_str(shape()));
+  if (device() == Device::cuda || src.device() == Device::cuda) {
+    Tensor s = src.dtype() == dtype() ? src : src.to(dtype());
+    if (device() == Device::cpu) {
+      Tensor h = s.to_device(Device::cpu);
+      std::memcpy(raw(), h.raw(), nbytes());
+    } else if (s.device() == Device::cuda) {
+      device_bytes(raw(), s.raw(), nbytes());
+    } else {
+      const auto b = device_layout(s);
+      to_device_bytes(raw(), b.data(), b.size());
+    }
+    return;
+  }
   if (src.dtype() == dtype() || (is_float(src.dtype()) && is_float(dtype()) && src.dtype() != DType::f64 &&
                                  dtype() != DType::f64)) {
     std::memcpy(raw(), src.raw(), nbytes());
@@ -220,6 +318,7 @@ void Tensor::copy_from(const Tensor& src) {
 }
 
 std::vector<double> Tensor::to_double_vector() const {
+  if (device() != Device::cpu) return to_device(Device::cpu).to_double_vector();
   const int64_t n = numel();
   std::vector<double> r(static_cast<size_t>(n));
   switch (dtype()) {

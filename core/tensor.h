@@ -87,8 +87,12 @@ class Tensor {
   Tensor rows(int64_t begin, int64_t end) const;
   /// A new tensor with the same contents (and dtype) in fresh storage.
   Tensor clone() const;
-  /// Converts to `t` (float types only) in fresh storage, rounding to the new grid.
+  /// Converts to `t` (float types only) in fresh storage, rounding to the new grid (on the
+  /// device through the host: a conversion kernel comes with the device training path).
   Tensor to(DType t) const;
+  /// The same values on `dev` (this tensor itself when already there). Host <-> device copies
+  /// are synchronous; bf16/f16 are 2-byte values on the device, rounded floats on the host.
+  Tensor to_device(Device dev) const;
   void fill(double value);
   void zero_();
   /// Copies `src` (same numel, same dtype family) into this tensor.
@@ -141,6 +145,8 @@ template <> struct dtype_of_storage<int32_t> { static bool ok(DType t) { return 
 
 template <class T> T* Tensor::data() const {
   PT_CHECK(impl_, "data() on an undefined tensor");
+  PT_CHECK(impl_->device == Device::cpu, "data<T>() of a {} tensor: device memory is not host memory (use raw() in "
+           "device code, or to_device(Device::cpu))", device_name(impl_->device));
   PT_CHECK(dtype_of_storage<std::remove_const_t<T>>::ok(impl_->dtype), "data<T>() does not match dtype {}",
            dtype_name(impl_->dtype));
   return static_cast<T*>(impl_->storage->ptr) + impl_->offset;

@@ -14,7 +14,7 @@ if(PTRAIN_CUDA_EMULATION)
   target_link_libraries(ptrain_core PUBLIC ptrain_simt)
 else()
   target_compile_definitions(ptrain_core PUBLIC PTRAIN_CUDA_EMULATED=0)
-  target_link_libraries(ptrain_core PUBLIC CUDA::cudart)
+  target_link_libraries(ptrain_core PUBLIC CUDA::cudart CUDA::cublasLt)
   # Every warning is an error; spills and local memory reported; per-kernel resource usage in
   # the build log; PTX of compute_89 and compute_90 embedded next to the sm_89/sm_90 cubins.
   target_compile_options(ptrain_core PRIVATE

@@ -78,6 +78,19 @@ void CudaBacking::set_poison(void* p, size_t bytes, bool poisoned, StreamId s) {
 #endif
 }
 
+void copy_host_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) DEVMEM_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+void copy_device_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes) DEVMEM_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+void copy_device_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) DEVMEM_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, nullptr));
+}
+void zero_device(void* p, size_t bytes) {
+  if (bytes) DEVMEM_CHECK(cudaMemsetAsync(p, 0, bytes, nullptr));
+}
+
 CachingAllocator& device_allocator() {
   // Never destroyed: at exit the CUDA runtime may already be torn down, and the process's
   // device memory goes with it.

@@ -26,6 +26,14 @@ class CudaBacking final : public DeviceBacking {
   void set_poison(void* p, size_t bytes, bool poisoned, StreamId s) override;
 };
 
+/// Synchronous copies between host and device memory of the current device (and device to
+/// device, ordered on the default stream); counted by the emulated runtime's counters.
+void copy_host_to_device(void* dst, const void* src, size_t bytes);
+void copy_device_to_host(void* dst, const void* src, size_t bytes);
+void copy_device_to_device(void* dst, const void* src, size_t bytes);
+/// Zeroes device memory (ordered on the default stream).
+void zero_device(void* p, size_t bytes);
+
 /// The process's device allocator (created on first use; NaN fill on in the emulated build).
 CachingAllocator& device_allocator();
 /// device_allocator() as the ptrain::Allocator behind Tensors on Device::cuda (default stream).

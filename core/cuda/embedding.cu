@@ -113,14 +113,15 @@ __global__ void embedding_backward_sort_merge_kernel(Key* __restrict__ keys, int
 
 /// For each sorted position p that starts a run of equal ids, sums that run's dout rows in
 /// token order into dtable[id] (fp32, one rounding). Blocks: x over positions, y over column
-/// tiles of blockDim.x; no barrier, so non-head positions simply continue.
-template <class T>
+/// tiles of blockDim.x; no barrier, so non-head positions simply continue. dtable may hold a
+/// wider type TW than dout (fp32 gradients of bf16 weights).
+template <class T, class TW = T>
 __global__ void embedding_backward_segments_kernel(const Key* __restrict__ keys, const T* __restrict__ dout,
-                                                   T* __restrict__ dtable, int64_t n, int64_t C) {
+                                                   TW* __restrict__ dtable, int64_t n, int64_t C) {
   for (int64_t p = blockIdx.x; p < n; p += gridDim.x) {
     const Key head = keys[p] >> 32;
     if (p > 0 && (keys[p - 1] >> 32) == head) continue;
-    T* dst = dtable + static_cast<int64_t>(head) * C;  // [C]
+    TW* dst = dtable + static_cast<int64_t>(head) * C;  // [C]
     const int64_t cstride = static_cast<int64_t>(gridDim.y) * blockDim.x;
     for (int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; c < C; c += cstride) {
       float acc = to_f32(dst[c]);
@@ -129,7 +130,7 @@ __global__ void embedding_backward_segments_kernel(const Key* __restrict__ keys,
         if ((kq >> 32) != head) break;
         acc += to_f32(dout[static_cast<int64_t>(kq & 0xffffffffu) * C + c]);
       }
-      dst[c] = from_f32<T>(acc);
+      dst[c] = from_f32<TW>(acc);
     }
   }
 }
@@ -160,7 +161,15 @@ size_t embedding_backward_scratch_bytes(int64_t n) {
 
 void embedding_backward(const int32_t* ids, const void* dout, void* dtable, int64_t n, int64_t C, DType dt,
                         void* scratch, CUstream_st* stream) {
+  embedding_backward(ids, dout, dtable, n, C, dt, dt, scratch, stream);
+}
+
+void embedding_backward(const int32_t* ids, const void* dout, void* dtable, int64_t n, int64_t C, DType dt,
+                        DType dtable_dt, void* scratch, CUstream_st* stream) {
   kern::check_dtype("embedding_backward", dt);
+  kern::check_dtype("embedding_backward (dtable)", dtable_dt);
+  if (dtable_dt != dt && dtable_dt != DType::f32)
+    throw std::invalid_argument("embedding_backward: dtable must have the dtype of dout, or be f32");
   if (!dtable || n <= 0 || C <= 0) return;
   if (!scratch) throw std::invalid_argument("embedding_backward: scratch is nullptr (embedding_backward_scratch_bytes)");
   Key* keys = static_cast<Key*>(scratch);  // [n_pad]
@@ -180,9 +189,14 @@ void embedding_backward(const int32_t* ids, const void* dout, void* dtable, int6
   const unsigned threads = kern::row_block_threads(C, kThreads);
   const int64_t col_tiles = (C + threads - 1) / threads;
   const dim3 grid(kern::grid_blocks(n), static_cast<unsigned>(col_tiles < 65535 ? col_tiles : 65535));
-#define PT_EMBEDDING_SEGMENTS(T)                                                                          \
-  PT_LAUNCH((embedding_backward_segments_kernel<T>), grid, threads, 0, stream, static_cast<const Key*>(keys), \
-            static_cast<const T*>(dout), static_cast<T*>(dtable), n, C)
+#define PT_EMBEDDING_SEGMENTS(T)                                                                              \
+  if (dtable_dt == dt) {                                                                                         \
+    PT_LAUNCH((embedding_backward_segments_kernel<T>), grid, threads, 0, stream, static_cast<const Key*>(keys),  \
+              static_cast<const T*>(dout), static_cast<T*>(dtable), n, C);                                       \
+  } else {                                                                                                       \
+    PT_LAUNCH((embedding_backward_segments_kernel<T, float>), grid, threads, 0, stream,                          \
+              static_cast<const Key*>(keys), static_cast<const T*>(dout), static_cast<float*>(dtable), n, C);    \
+  }
   PT_DTYPE_SWITCH(dt, PT_EMBEDDING_SEGMENTS)
 #undef PT_EMBEDDING_SEGMENTS
 }

@@ -122,7 +122,13 @@ size_t rms_norm_backward_scratch_bytes(int64_t rows, int64_t C) {
 
 void rms_norm_backward(const void* dy, const void* x, const void* w, const float* rstd, void* dx, void* dw,
                        int64_t rows, int64_t C, DType dt, void* scratch, CUstream_st* stream) {
+  rms_norm_backward(dy, x, w, rstd, dx, dw, rows, C, dt, dt, scratch, stream);
+}
+
+void rms_norm_backward(const void* dy, const void* x, const void* w, const float* rstd, void* dx, void* dw,
+                       int64_t rows, int64_t C, DType dt, DType dw_dt, void* scratch, CUstream_st* stream) {
   kern::check_dtype("rms_norm_backward", dt);
+  kern::check_dtype("rms_norm_backward (dw)", dw_dt);
   if ((!dx && !dw) || rows <= 0 || C <= 0) return;
   if (dw && !scratch)
     throw std::invalid_argument("rms_norm_backward: dw needs scratch (rms_norm_backward_scratch_bytes), got nullptr");
@@ -140,13 +146,17 @@ void rms_norm_backward(const void* dy, const void* x, const void* w, const float
     const int64_t nchunks = dw_chunks(rows);
     const int64_t col_tiles = (C + kColThreads - 1) / kColThreads;
     const dim3 grid(kern::grid_blocks(nchunks), static_cast<unsigned>(col_tiles < 65535 ? col_tiles : 65535));
-#define PT_RMS_NORM_BACKWARD_DW(T)                                                                             \
+#define PT_RMS_NORM_BACKWARD_DW_PARTIAL(T)                                                                     \
   PT_LAUNCH((rms_norm_backward_dw_partial_kernel<T>), grid, kColThreads, 0, stream, static_cast<const T*>(dy), \
-            static_cast<const T*>(x), rstd, partial, rows, C, nchunks);                                        \
+            static_cast<const T*>(x), rstd, partial, rows, C, nchunks)
+    PT_DTYPE_SWITCH(dt, PT_RMS_NORM_BACKWARD_DW_PARTIAL)
+#undef PT_RMS_NORM_BACKWARD_DW_PARTIAL
+    // The sum is in the dtype of dw (fp32 gradients of bf16 weights, or the weights' own).
+#define PT_RMS_NORM_BACKWARD_DW_SUM(T)                                                                          \
   PT_LAUNCH((rms_norm_backward_dw_sum_kernel<T>), kern::grid_blocks(col_tiles), kColThreads, 0, stream,         \
             static_cast<const float*>(partial), static_cast<T*>(dw), nchunks, C)
-    PT_DTYPE_SWITCH(dt, PT_RMS_NORM_BACKWARD_DW)
-#undef PT_RMS_NORM_BACKWARD_DW
+    PT_DTYPE_SWITCH(dw_dt, PT_RMS_NORM_BACKWARD_DW_SUM)
+#undef PT_RMS_NORM_BACKWARD_DW_SUM
   }
 }
 

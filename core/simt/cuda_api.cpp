@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <map>
 #include <memory>
 #include <set>
@@ -66,7 +67,7 @@ extern "C" const char* __ubsan_default_options() { return "print_stacktrace=1:ha
 
 struct CUstream_st {
   struct Op {
-    enum Kind { kernel, copy, memset, record, wait, host } kind;
+    enum Kind { kernel, copy, memset, record, wait, host, task } kind;
     uint64_t seq = 0;
     ptrain::simt::internal::KernelLaunch launch;  // kernel
     void* dst = nullptr;                          // copy / memset
@@ -78,6 +79,8 @@ struct CUstream_st {
     uint64_t event_gen = 0;
     cudaHostFn_t fn = nullptr;
     void* user = nullptr;
+    std::string task_name;             // task (enqueue_device_task)
+    std::function<void()> task_fn;
   };
   std::deque<Op> queue;
   unsigned flags = 0;
@@ -243,6 +246,27 @@ void execute(CUstream_st::Op& op) {
       break;
     case CUstream_st::Op::wait: break;
     case CUstream_st::Op::host: op.fn(op.user); break;
+    case CUstream_st::Op::task: {
+      std::string fault;
+      {
+        DeviceAccess a;
+        internal::g_running_kernel = op.task_name.c_str();
+        try {
+          op.task_fn();
+        } catch (const std::exception& e) {
+          fault = fmt::format("device task {}: {}", op.task_name, e.what());
+        } catch (...) {
+          fault = fmt::format("device task {}: unknown exception", op.task_name);
+        }
+        internal::g_running_kernel = nullptr;
+      }
+      ++d.counters.launches;
+      if (!fault.empty()) {
+        d.sticky = cudaErrorLaunchFailure;
+        d.message = std::move(fault);
+      }
+      break;
+    }
   }
 }
 
@@ -454,6 +478,14 @@ void install_fault_handlers() {
 size_t max_dynamic_shared(const void* fn) {
   auto it = dev().max_dynamic_smem.find(fn);
   return it == dev().max_dynamic_smem.end() ? kMaxDynamicSharedDefault : it->second;
+}
+
+void enqueue_device_task(cudaStream_t s, std::string name, std::function<void()> fn) {
+  CUstream_st::Op op{};
+  op.kind = CUstream_st::Op::task;
+  op.task_name = std::move(name);
+  op.task_fn = std::move(fn);
+  (void)enqueue(s, std::move(op));
 }
 
 }  // namespace internal

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "core/simt/simt.h"
@@ -18,6 +19,12 @@ struct KernelLaunch {
   detail::Thunk thunk;
   uint64_t launch_no = 0;  ///< position among launches executed (seeds the orders)
 };
+
+/// Queues `fn` on stream `s` as a device operation named `name` (the emulated cuBLASLt's
+/// matmuls): it runs at the stream's turn with device memory accessible, is counted in
+/// counters().launches, and an exception it throws becomes the sticky launch fault
+/// ("device task NAME: what"), as a kernel fault does.
+void enqueue_device_task(cudaStream_t s, std::string name, std::function<void()> fn);
 
 /// Runs every block of `k` (blocks and threads in the seeded order). Returns false and sets
 /// `fault` ("kernel K, block (..), thread (..): what") when the kernel faulted.

@@ -100,7 +100,132 @@ inline constexpr OpTolerance kOpTolerances[] = {
     {"cross_entropy_backward.dlogits", DType::f32, 1e-6, 1e-6},
     {"cross_entropy_backward.dlogits", DType::bf16, 1e-6, 8e-3},
     {"cross_entropy_backward.dlogits", DType::f16, 1e-6, 1e-3},
+    // silu / gelu_tanh / swiglu forward, y = v / (1 + exp(-a)): the device's IEEE expf (<= 2
+    // ulp) against the CPU's polynomial exp (~1 ulp) of the same argument, one division, one
+    // product (swiglu): a few ulps relative; GELU's argument a = -2u carries ~3 roundings of
+    // |2u| <~ 20 into exp, ~20 * 3u = 4e-6 relative where y is not negligible (observed
+    // 3.2e-7 relative). fp32: 1e-5 relative (the bar), 1e-6 absolute for y near 0.
+    // bf16/f16: one rounding flip, 2^-7 = 7.8e-3 / 2^-10 = 9.8e-4 of |y|.
+    {"silu_forward.y", DType::f32, 1e-6, 1e-5},
+    {"silu_forward.y", DType::bf16, 1e-6, 8e-3},
+    {"silu_forward.y", DType::f16, 1e-6, 1e-3},
+    {"gelu_tanh_forward.y", DType::f32, 1e-6, 1e-5},
+    {"gelu_tanh_forward.y", DType::bf16, 1e-6, 8e-3},
+    {"gelu_tanh_forward.y", DType::f16, 1e-6, 1e-3},
+    {"swiglu_forward.y", DType::f32, 1e-6, 1e-5},
+    {"swiglu_forward.y", DType::bf16, 1e-6, 8e-3},
+    {"swiglu_forward.y", DType::f16, 1e-6, 1e-3},
+    // silu / gelu_tanh / swiglu backward, dx += dy f'(x): the factor carries the forward's few
+    // ulps (sigmoid through expf) and ~4 more roundings (FMA-contracted on the GPU); the
+    // accumulation into a random dx can cancel to ~0, so the bound is absolute: ~4 ulps of
+    // |dy f'| <~ 8 (4.8e-7 per ulp) = 2e-6 (observed 9.5e-7), with 1e-5 relative.
+    // bf16/f16: one rounding flip.
+    {"silu_backward.dx", DType::f32, 2e-6, 1e-5},
+    {"silu_backward.dx", DType::bf16, 2e-6, 8e-3},
+    {"silu_backward.dx", DType::f16, 2e-6, 1e-3},
+    {"gelu_tanh_backward.dx", DType::f32, 2e-6, 1e-5},
+    {"gelu_tanh_backward.dx", DType::bf16, 2e-6, 8e-3},
+    {"gelu_tanh_backward.dx", DType::f16, 2e-6, 1e-3},
+    {"swiglu_backward.dgate", DType::f32, 2e-6, 1e-5},
+    {"swiglu_backward.dgate", DType::bf16, 2e-6, 8e-3},
+    {"swiglu_backward.dgate", DType::f16, 2e-6, 1e-3},
+    {"swiglu_backward.dup", DType::f32, 2e-6, 1e-5},
+    {"swiglu_backward.dup", DType::bf16, 2e-6, 8e-3},
+    {"swiglu_backward.dup", DType::f16, 2e-6, 1e-3},
+    // mul / scale forward: one fp32 product, one rounding: the CPU's operation exactly
+    // (a bf16 or f16 product is even exact in fp32): bit-exact.
+    {"mul_forward.y", DType::f32, 0, 0},
+    {"mul_forward.y", DType::bf16, 0, 0},
+    {"mul_forward.y", DType::f16, 0, 0},
+    {"scale_forward.y", DType::f32, 0, 0},
+    {"scale_forward.y", DType::bf16, 0, 0},
+    {"scale_forward.y", DType::f16, 0, 0},
+    // mul backward, da += dy b: the GPU contracts it into an FMA (the CPU may not), which
+    // skips the product's rounding: <= u |dy b| (|dy b| <~ 20: 1.2e-6) plus one ulp of the
+    // result: 2e-6 absolute (the sum may cancel), 1e-6 relative. bf16/f16: a product of two
+    // 8-bit (11-bit) significands is exact in fp32, so FMA or not the fp32 sum is the same
+    // and so is its one rounding: bit-exact.
+    {"mul_backward.da", DType::f32, 2e-6, 1e-6},
+    {"mul_backward.db", DType::f32, 2e-6, 1e-6},
+    {"mul_backward.da", DType::bf16, 0, 0},
+    {"mul_backward.db", DType::bf16, 0, 0},
+    {"mul_backward.da", DType::f16, 0, 0},
+    {"mul_backward.db", DType::f16, 0, 0},
+    // scale backward, dx += s dy (s = -1.37, not on the bf16/f16 grid, so s dy is inexact):
+    // FMA contraction as for mul: <= u |s dy| (<~ 7: 4e-7) plus one ulp of the result: 1e-6
+    // absolute, 1e-6 relative; bf16/f16: that can flip the one rounding.
+    {"scale_backward.dx", DType::f32, 1e-6, 1e-6},
+    {"scale_backward.dx", DType::bf16, 1e-6, 8e-3},
+    {"scale_backward.dx", DType::f16, 1e-6, 1e-3},
+    // rope forward / backward, x1 c - x2 s (and the three like it): two products and an add,
+    // which the GPU contracts into an FMA: <= u |x2 s| (|x| <~ 5: 3e-7) plus one ulp of the
+    // result; the difference can cancel, so 1e-6 absolute, 1e-6 relative (observed 0 in the
+    // emulated build, which does not contract). bf16/f16: one rounding flip. The tables are
+    // fp32 inputs (core/cpu's rope_tables<float>) in every dtype.
+    {"rope_forward.y", DType::f32, 1e-6, 1e-6},
+    {"rope_forward.y", DType::bf16, 1e-6, 8e-3},
+    {"rope_forward.y", DType::f16, 1e-6, 1e-3},
+    {"rope_backward.dx", DType::f32, 1e-6, 1e-6},
+    {"rope_backward.dx", DType::bf16, 1e-6, 8e-3},
+    {"rope_backward.dx", DType::f16, 1e-6, 1e-3},
+    // layer_norm forward: mean = Σx / C and var = Σ(x - mean)² / C differ from the CPU's only
+    // through the order of the C-term sums (tree vs 16 lanes), a few fp32 ulps of Σ|x| / C
+    // (|x| ~ 2): the mean can be ~0, so 1e-6 absolute (observed 1.2e-7), 2e-6 relative; rstd
+    // 2e-6 relative (observed 1.5e-7). y = (x - mean) rstd w + b adds ~3 roundings and may
+    // cancel against b: 2e-6 absolute (observed 7.2e-7), 2e-6 relative, as rms_norm's y.
+    // mean and rstd are fp32 in every dtype; bf16/f16 y: one rounding flip.
+    {"layer_norm_forward.y", DType::f32, 2e-6, 2e-6},
+    {"layer_norm_forward.y", DType::bf16, 2e-6, 8e-3},
+    {"layer_norm_forward.y", DType::f16, 2e-6, 1e-3},
+    {"layer_norm_forward.mean", DType::f32, 1e-6, 2e-6},
+    {"layer_norm_forward.mean", DType::bf16, 1e-6, 2e-6},
+    {"layer_norm_forward.mean", DType::f16, 1e-6, 2e-6},
+    {"layer_norm_forward.rstd", DType::f32, 0, 2e-6},
+    {"layer_norm_forward.rstd", DType::bf16, 0, 2e-6},
+    {"layer_norm_forward.rstd", DType::f16, 0, 2e-6},
+    // layer_norm backward dx += rstd (g - mean(g) - xh mean(g xh)): two reordered C-term dots
+    // and O(1) terms that may cancel: 2e-6 absolute (observed 4.8e-7), 2e-6 relative, as
+    // rms_norm's dx. dw += Σ_rows dy xh: the CPU's 64-row chunks in the CPU's order, but each
+    // accumulation may be FMA-contracted on one side only: a random walk of ~sqrt(R) u |dw|
+    // (R <= 200 rows here) as rms_norm's dw: 3e-5 absolute (observed 4.8e-6), 2e-6 relative.
+    // db += Σ_rows dy: additions only, in the CPU's exact order (rows within a chunk, then
+    // chunks, then the add into db), one rounding: bit-exact in every dtype.
+    // bf16/f16 dx, dw: one rounding flip.
+    {"layer_norm_backward.dx", DType::f32, 2e-6, 2e-6},
+    {"layer_norm_backward.dx", DType::bf16, 2e-6, 8e-3},
+    {"layer_norm_backward.dx", DType::f16, 2e-6, 1e-3},
+    {"layer_norm_backward.dw", DType::f32, 3e-5, 2e-6},
+    {"layer_norm_backward.dw", DType::bf16, 3e-5, 8e-3},
+    {"layer_norm_backward.dw", DType::f16, 3e-5, 1e-3},
+    {"layer_norm_backward.db", DType::f32, 0, 0},
+    {"layer_norm_backward.db", DType::bf16, 0, 0},
+    {"layer_norm_backward.db", DType::f16, 0, 0},
     // ---- activations, RoPE, LayerNorm, mul/scale (rows of core/cuda/{activation,rope,layer_norm,elementwise}.cu above this line) ----
+    // adamw_step (core/cuda/adamw.cu), keyed by the gradient dtype (master, moments) and by
+    // the model-copy dtype (model): the kernel performs optim/adamw.cpp's float operations in
+    // its order, each rounded separately (__fmul_rn, __fadd_rn, __fdiv_rn, __fsqrt_rn), and
+    // fuses exactly its two fmadds (lerp_, addcmul_); g * scale is the one fp32 product the
+    // CPU's scale_grads computes. On an FMA host (where adamw.cpp's fmadd is std::fma) every
+    // step is bit-identical, and the model copy is the CPU master rounded once (RNE): 0 / 0.
+    {"adamw_step.master", DType::f32, 0, 0},
+    {"adamw_step.master", DType::bf16, 0, 0},
+    {"adamw_step.exp_avg", DType::f32, 0, 0},
+    {"adamw_step.exp_avg", DType::bf16, 0, 0},
+    {"adamw_step.exp_avg_sq", DType::f32, 0, 0},
+    {"adamw_step.exp_avg_sq", DType::bf16, 0, 0},
+    {"adamw_step.model", DType::f32, 0, 0},
+    {"adamw_step.model", DType::bf16, 0, 0},
+    {"adamw_step.model", DType::f16, 0, 0},
+    // grad_sum_squares (core/cuda/grad_norm.cu) against optim::grad_sum_squares, both in
+    // double: every square of a float is exact in double, so the only roundings are additions
+    // of non-negative terms, each <= u = 2^-53 = 1.1e-16 of the partial sum. The error of any
+    // order is then <= (longest chain of additions) u relative: CPU <= 256 lane adds + 4 tree
+    // + 15 tail + nchunks (~70 here) ~ 350; device 16 + 8 tree + run + 8 tree ~ 35. Both
+    // together < 4e-14 relative; 1e-12 keeps a margin for up to ~9000 chunks (3.7e7
+    // elements) and still rejects any fp32-precision error (>= 6e-8). Same in bf16 (the
+    // values on bf16's grid are exact floats).
+    {"grad_sum_squares.out", DType::f32, 0, 1e-12},
+    {"grad_sum_squares.out", DType::bf16, 0, 1e-12},
     // ---- optimizer and gradient norm (rows of core/cuda/{adamw,grad_norm}.cu above this line) ----
 };
 // clang-format on

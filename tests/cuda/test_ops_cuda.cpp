@@ -185,10 +185,15 @@ Bytes download(const DeviceBuffer& d) {
 ///   embedding_*: a = tokens n, b = vocabulary rows V, c = channels C
 ///   rms_norm_*: a = rows, b = C          add_forward / accumulate: a = elements n
 ///   cross_entropy_*: a = rows N, b = padded vocabulary Vp, c = real vocabulary V
+///   silu_*, gelu_tanh_*, swiglu_*, mul_*, scale_*: a = elements n; for swiglu_backward and
+///     mul_backward c selects the gradients: 0 both, 1 the first only, 2 the second only
+///   rope_*: a = B, b = Tn, c = H, d = head dim D
+///   layer_norm_*: a = rows, b = C; forward c = 1: no bias; backward c = 0: dx, dw, db,
+///     1: dx only, 2: dw and db only
 struct Case {
   std::string op;
   DType dt;
-  int64_t a = 0, b = 0, c = 0;
+  int64_t a = 0, b = 0, c = 0, d = 0;
 };
 
 std::string shape_str(const Case& c) {
@@ -197,10 +202,14 @@ std::string shape_str(const Case& c) {
     s << "n" << c.a << "_V" << c.b << "_C" << c.c;
   else if (c.op.rfind("rms_norm", 0) == 0)
     s << "rows" << c.a << "_C" << c.b;
+  else if (c.op.rfind("layer_norm", 0) == 0)
+    s << "rows" << c.a << "_C" << c.b << (c.c ? "_v" + std::to_string(c.c) : "");
+  else if (c.op.rfind("rope", 0) == 0)
+    s << "B" << c.a << "_T" << c.b << "_H" << c.c << "_D" << c.d;
   else if (c.op.rfind("cross_entropy", 0) == 0)
     s << "N" << c.a << "_Vp" << c.b << "_V" << c.c;
   else
-    s << "n" << c.a;
+    s << "n" << c.a << (c.c ? "_v" + std::to_string(c.c) : "");
   return s.str();
 }
 std::string describe(const Case& c) { return c.op + " " + std::string(dtype_name(c.dt)) + " " + shape_str(c); }
@@ -472,6 +481,317 @@ Outputs run_cross_entropy_backward(const Case& c, Backend be) {
   return {device_output("cross_entropy_backward.dlogits", *d_dlogits, c.dt)};
 }
 
+// ---- activations, mul/scale (elementwise over n = c.a)
+
+/// y = f(x) of an elementwise unary op: x = scale * N(0, 1).
+template <class CpuF, class DevF>
+Outputs run_unary_forward(const Case& c, Backend be, const std::string& name, double scale, CpuF cpu_f, DevF dev_f) {
+  const int64_t n = c.a;
+  const Inputs in(c);
+  const auto x = in.normal("x", n, scale);
+  if (be != Backend::device) {
+    return {{name, cpu_result(be, c.dt, true, std::vector<float>(n), [&](auto& y) {
+               using T = typename std::decay_t<decltype(y)>::value_type;
+               const auto xv = as<T>(x);
+               cpu_f(xv.data(), y.data(), n);
+             })}};
+  }
+  auto d_x = upload(encode(x, c.dt));
+  auto d_y = poisoned(n * dev_size(c.dt));
+  dev_f(d_x->get(), d_y->get(), n, c.dt);
+  return {device_output(name, *d_y, c.dt)};
+}
+
+/// dx += f'(x) dy of an elementwise unary op, from a nonzero dx.
+template <class CpuF, class DevF>
+Outputs run_unary_backward(const Case& c, Backend be, const std::string& name, double scale, CpuF cpu_f, DevF dev_f) {
+  const int64_t n = c.a;
+  const Inputs in(c);
+  const auto dy = in.normal("dy", n), x = in.normal("x", n, scale), dx0 = in.normal("dx", n);
+  if (be != Backend::device) {
+    return {{name, cpu_result(be, c.dt, true, dx0, [&](auto& dx) {
+               using T = typename std::decay_t<decltype(dx)>::value_type;
+               const auto dyv = as<T>(dy), xv = as<T>(x);
+               cpu_f(dyv.data(), xv.data(), dx.data(), n);
+             })}};
+  }
+  auto d_dy = upload(encode(dy, c.dt));
+  auto d_x = upload(encode(x, c.dt));
+  auto d_dx = upload(encode(dx0, c.dt));
+  dev_f(d_dy->get(), d_x->get(), d_dx->get(), n, c.dt);
+  return {device_output(name, *d_dx, c.dt)};
+}
+
+/// y = f(a, b) of an elementwise binary op: a = scale_a * N(0, 1), b = N(0, 1).
+template <class CpuF, class DevF>
+Outputs run_binary_forward(const Case& c, Backend be, const std::string& name, double scale_a, CpuF cpu_f,
+                           DevF dev_f) {
+  const int64_t n = c.a;
+  const Inputs in(c);
+  const auto a = in.normal("a", n, scale_a), b = in.normal("b", n);
+  if (be != Backend::device) {
+    return {{name, cpu_result(be, c.dt, true, std::vector<float>(n), [&](auto& y) {
+               using T = typename std::decay_t<decltype(y)>::value_type;
+               const auto av = as<T>(a), bv = as<T>(b);
+               cpu_f(av.data(), bv.data(), y.data(), n);
+             })}};
+  }
+  auto d_a = upload(encode(a, c.dt));
+  auto d_b = upload(encode(b, c.dt));
+  auto d_y = poisoned(n * dev_size(c.dt));
+  dev_f(d_a->get(), d_b->get(), d_y->get(), n, c.dt);
+  return {device_output(name, *d_y, c.dt)};
+}
+
+/// da += ..., db += ... of an elementwise binary op from nonzero gradients; c.c selects the
+/// gradients: 0 both, 1 da only, 2 db only (the other pointer nullptr).
+template <class CpuF, class DevF>
+Outputs run_binary_backward(const Case& c, Backend be, const std::string& name_a, const std::string& name_b,
+                            double scale_a, CpuF cpu_f, DevF dev_f) {
+  const int64_t n = c.a;
+  const bool want_a = c.c != 2, want_b = c.c != 1;
+  const Inputs in(c);
+  const auto dy = in.normal("dy", n), a = in.normal("a", n, scale_a), b = in.normal("b", n);
+  const auto da0 = in.normal("da", n), db0 = in.normal("db", n);
+  Outputs out;
+  if (be != Backend::device) {
+    std::vector<double> db;
+    auto da = cpu_result(be, c.dt, true, da0, [&](auto& dav) {
+      using T = typename std::decay_t<decltype(dav)>::value_type;
+      const auto dyv = as<T>(dy), av = as<T>(a), bv = as<T>(b);
+      std::vector<T> dbv = as<T>(db0);
+      cpu_f(dyv.data(), av.data(), bv.data(), want_a ? dav.data() : nullptr, want_b ? dbv.data() : nullptr, n);
+      if constexpr (std::is_same_v<T, float>) round_to_dtype(dbv.data(), n, c.dt);
+      db.assign(dbv.begin(), dbv.end());
+    });
+    if (want_a) out.push_back({name_a, da, {}});
+    if (want_b) out.push_back({name_b, db, {}});
+    return out;
+  }
+  auto d_dy = upload(encode(dy, c.dt));
+  auto d_a = upload(encode(a, c.dt));
+  auto d_b = upload(encode(b, c.dt));
+  auto d_da = upload(encode(da0, c.dt));
+  auto d_db = upload(encode(db0, c.dt));
+  dev_f(d_dy->get(), d_a->get(), d_b->get(), want_a ? d_da->get() : nullptr, want_b ? d_db->get() : nullptr, n, c.dt);
+  if (want_a) out.push_back(device_output(name_a, *d_da, c.dt));
+  if (want_b) out.push_back(device_output(name_b, *d_db, c.dt));
+  return out;
+}
+
+/// The scale of scale_forward / scale_backward: not on the bf16 or f16 grid, so s * x rounds.
+constexpr float kScale = -1.37f;
+
+Outputs run_elementwise(const Case& c, Backend be) {
+  if (c.op == "silu_forward")
+    return run_unary_forward(
+        c, be, "silu_forward.y", 3.0, [](const auto* x, auto* y, int64_t n) { cpu::silu_forward(x, y, n); },
+        [](const void* x, void* y, int64_t n, DType dt) { silu_forward(x, y, n, dt, nullptr); });
+  if (c.op == "silu_backward")
+    return run_unary_backward(
+        c, be, "silu_backward.dx", 3.0,
+        [](const auto* dy, const auto* x, auto* dx, int64_t n) { cpu::silu_backward(dy, x, dx, n); },
+        [](const void* dy, const void* x, void* dx, int64_t n, DType dt) { silu_backward(dy, x, dx, n, dt, nullptr); });
+  if (c.op == "gelu_tanh_forward")
+    return run_unary_forward(
+        c, be, "gelu_tanh_forward.y", 3.0, [](const auto* x, auto* y, int64_t n) { cpu::gelu_tanh_forward(x, y, n); },
+        [](const void* x, void* y, int64_t n, DType dt) { gelu_tanh_forward(x, y, n, dt, nullptr); });
+  if (c.op == "gelu_tanh_backward")
+    return run_unary_backward(
+        c, be, "gelu_tanh_backward.dx", 3.0,
+        [](const auto* dy, const auto* x, auto* dx, int64_t n) { cpu::gelu_tanh_backward(dy, x, dx, n); },
+        [](const void* dy, const void* x, void* dx, int64_t n, DType dt) {
+          gelu_tanh_backward(dy, x, dx, n, dt, nullptr);
+        });
+  if (c.op == "scale_forward")
+    return run_unary_forward(
+        c, be, "scale_forward.y", 1.0,
+        [](const auto* x, auto* y, int64_t n) {
+          using T = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+          cpu::scale_forward<T>(x, static_cast<T>(kScale), y, n);
+        },
+        [](const void* x, void* y, int64_t n, DType dt) { scale_forward(x, kScale, y, n, dt, nullptr); });
+  if (c.op == "scale_backward")
+    return run_unary_backward(
+        c, be, "scale_backward.dx", 1.0,
+        [](const auto* dy, const auto*, auto* dx, int64_t n) {
+          using T = std::remove_const_t<std::remove_pointer_t<decltype(dy)>>;
+          cpu::axpy<T>(static_cast<T>(kScale), dy, dx, n);
+        },
+        [](const void* dy, const void*, void* dx, int64_t n, DType dt) {
+          scale_backward(dy, kScale, dx, n, dt, nullptr);
+        });
+  if (c.op == "swiglu_forward")
+    return run_binary_forward(
+        c, be, "swiglu_forward.y", 3.0,
+        [](const auto* g, const auto* u, auto* y, int64_t n) { cpu::swiglu_forward(g, u, y, n); },
+        [](const void* g, const void* u, void* y, int64_t n, DType dt) { swiglu_forward(g, u, y, n, dt, nullptr); });
+  if (c.op == "swiglu_backward")
+    return run_binary_backward(
+        c, be, "swiglu_backward.dgate", "swiglu_backward.dup", 3.0,
+        [](const auto* dy, const auto* g, const auto* u, auto* dg, auto* du, int64_t n) {
+          cpu::swiglu_backward(dy, g, u, dg, du, n);
+        },
+        [](const void* dy, const void* g, const void* u, void* dg, void* du, int64_t n, DType dt) {
+          swiglu_backward(dy, g, u, dg, du, n, dt, nullptr);
+        });
+  if (c.op == "mul_forward")
+    return run_binary_forward(
+        c, be, "mul_forward.y", 1.0,
+        [](const auto* a, const auto* b, auto* y, int64_t n) { cpu::mul_forward(a, b, y, n); },
+        [](const void* a, const void* b, void* y, int64_t n, DType dt) { mul_forward(a, b, y, n, dt, nullptr); });
+  if (c.op == "mul_backward")
+    return run_binary_backward(
+        c, be, "mul_backward.da", "mul_backward.db", 1.0,
+        [](const auto* dy, const auto* a, const auto* b, auto* da, auto* db, int64_t n) {
+          cpu::mul_backward(dy, a, b, da, db, n);
+        },
+        [](const void* dy, const void* a, const void* b, void* da, void* db, int64_t n, DType dt) {
+          mul_backward(dy, a, b, da, db, n, dt, nullptr);
+        });
+  throw std::invalid_argument("unknown elementwise op " + c.op);
+}
+
+// ---- RoPE: a = B, b = Tn, c = H, d = D
+
+/// Tables of core/cpu's rope_tables<float> (theta 10000, positions from 3): the same fp32
+/// input for every backend (widened for the fp64 reference), as the model passes them.
+struct RopeInputs {
+  std::vector<float> x, dx0, cos, sin;
+};
+RopeInputs rope_inputs(const Case& c) {
+  const int64_t B = c.a, Tn = c.b, H = c.c, D = c.d, n = B * Tn * H * D;
+  const Inputs in(c);
+  RopeInputs r{in.normal("x", n), in.normal("dx", n), std::vector<float>(Tn * D / 2), std::vector<float>(Tn * D / 2)};
+  cpu::rope_tables<float>(r.cos.data(), r.sin.data(), Tn, D, 10000.0, 3);
+  return r;
+}
+
+Outputs run_rope(const Case& c, Backend be) {
+  const int64_t B = c.a, Tn = c.b, H = c.c, D = c.d, n = B * Tn * H * D;
+  const bool fwd = c.op == "rope_forward";
+  const std::string name = fwd ? "rope_forward.y" : "rope_backward.dx";
+  const RopeInputs r = rope_inputs(c);  // x is dy for the backward
+  if (be != Backend::device) {
+    return {{name, cpu_result(be, c.dt, true, fwd ? std::vector<float>(n) : r.dx0, [&](auto& out) {
+               using T = typename std::decay_t<decltype(out)>::value_type;
+               const auto x = as<T>(r.x), cs = as<T>(r.cos), sn = as<T>(r.sin);
+               if (fwd)
+                 cpu::rope_forward<T>(x.data(), cs.data(), sn.data(), out.data(), B, Tn, H, D);
+               else
+                 cpu::rope_backward<T>(x.data(), cs.data(), sn.data(), out.data(), B, Tn, H, D);
+             })}};
+  }
+  auto d_x = upload(encode(r.x, c.dt));
+  auto d_cos = upload(raw_bytes(r.cos));
+  auto d_sin = upload(raw_bytes(r.sin));
+  auto d_out = fwd ? poisoned(n * dev_size(c.dt)) : upload(encode(r.dx0, c.dt));
+  if (fwd)
+    rope_forward(d_x->get(), d_cos->as<float>(), d_sin->as<float>(), d_out->get(), B, Tn, H, D, c.dt, nullptr);
+  else
+    rope_backward(d_x->get(), d_cos->as<float>(), d_sin->as<float>(), d_out->get(), B, Tn, H, D, c.dt, nullptr);
+  return {device_output(name, *d_out, c.dt)};
+}
+
+// ---- LayerNorm: a = rows, b = C; forward c = 1: no bias; backward c: 0 dx, dw, db; 1 dx
+// only; 2 dw and db only
+
+struct LnInputs {
+  std::vector<float> x, w, b, dy, dx0, dw0, db0, mean, rstd;
+};
+LnInputs ln_inputs(const Case& c) {
+  const int64_t rows = c.a, C = c.b;
+  const Inputs in(c);
+  LnInputs r{in.normal("x", rows * C, 2.0, 0.5), in.normal("w", C, 0.1, 1.0), in.normal("b", C, 0.1),
+             in.normal("dy", rows * C),          in.normal("dx", rows * C),    in.normal("dw", C),
+             in.normal("db", C),                 std::vector<float>(rows),     std::vector<float>(rows)};
+  // The backward's saved statistics: the CPU forward's fp32 mean and rstd, for all backends.
+  std::vector<float> y(rows * C);
+  cpu::layer_norm_forward<float>(r.x.data(), r.w.data(), r.b.data(), y.data(), r.mean.data(), r.rstd.data(), rows, C,
+                                 kEps);
+  return r;
+}
+
+Outputs run_layer_norm_forward(const Case& c, Backend be) {
+  const int64_t rows = c.a, C = c.b;
+  const bool bias = c.c != 1;
+  const LnInputs r = ln_inputs(c);
+  if (be != Backend::device) {
+    std::vector<double> mean, rstd;
+    auto y = cpu_result(be, c.dt, true, std::vector<float>(rows * C), [&](auto& yv) {
+      using T = typename std::decay_t<decltype(yv)>::value_type;
+      const auto x = as<T>(r.x), w = as<T>(r.w), b = as<T>(r.b);
+      std::vector<T> m(rows), rs(rows);
+      cpu::layer_norm_forward<T>(x.data(), w.data(), bias ? b.data() : nullptr, yv.data(), m.data(), rs.data(), rows,
+                                 C, kEps);
+      mean.assign(m.begin(), m.end());  // fp32 in float: not rounded to the dtype
+      rstd.assign(rs.begin(), rs.end());
+    });
+    return {{"layer_norm_forward.y", y, {}},
+            {"layer_norm_forward.mean", mean, {}},
+            {"layer_norm_forward.rstd", rstd, {}}};
+  }
+  auto d_x = upload(encode(r.x, c.dt));
+  auto d_w = upload(encode(r.w, c.dt));
+  auto d_b = upload(encode(r.b, c.dt));
+  auto d_y = poisoned(rows * C * dev_size(c.dt));
+  auto d_mean = poisoned(rows * sizeof(float));
+  auto d_rstd = poisoned(rows * sizeof(float));
+  layer_norm_forward(d_x->get(), d_w->get(), bias ? d_b->get() : nullptr, d_y->get(), d_mean->as<float>(),
+                     d_rstd->as<float>(), rows, C, kEps, c.dt, nullptr);
+  return {device_output("layer_norm_forward.y", *d_y, c.dt),
+          device_output("layer_norm_forward.mean", *d_mean, DType::f32),
+          device_output("layer_norm_forward.rstd", *d_rstd, DType::f32)};
+}
+
+Outputs run_layer_norm_backward(const Case& c, Backend be) {
+  const int64_t rows = c.a, C = c.b;
+  const bool want_dx = c.c != 2, want_dwdb = c.c != 1;
+  const LnInputs r = ln_inputs(c);
+  Outputs out;
+  if (be != Backend::device) {
+    std::vector<double> dw, db;
+    auto dx = cpu_result(be, c.dt, true, r.dx0, [&](auto& dxv) {
+      using T = typename std::decay_t<decltype(dxv)>::value_type;
+      const auto dy = as<T>(r.dy), x = as<T>(r.x), w = as<T>(r.w), m = as<T>(r.mean), rs = as<T>(r.rstd);
+      std::vector<T> dwv = as<T>(r.dw0), dbv = as<T>(r.db0);
+      cpu::layer_norm_backward<T>(dy.data(), x.data(), w.data(), m.data(), rs.data(), want_dx ? dxv.data() : nullptr,
+                                  want_dwdb ? dwv.data() : nullptr, want_dwdb ? dbv.data() : nullptr, rows, C);
+      if constexpr (std::is_same_v<T, float>) {
+        round_to_dtype(dwv.data(), C, c.dt);
+        round_to_dtype(dbv.data(), C, c.dt);
+      }
+      dw.assign(dwv.begin(), dwv.end());
+      db.assign(dbv.begin(), dbv.end());
+    });
+    if (want_dx) out.push_back({"layer_norm_backward.dx", dx, {}});
+    if (want_dwdb) {
+      out.push_back({"layer_norm_backward.dw", dw, {}});
+      out.push_back({"layer_norm_backward.db", db, {}});
+    }
+    return out;
+  }
+  auto d_dy = upload(encode(r.dy, c.dt));
+  auto d_x = upload(encode(r.x, c.dt));
+  auto d_w = upload(encode(r.w, c.dt));
+  auto d_mean = upload(raw_bytes(r.mean));
+  auto d_rstd = upload(raw_bytes(r.rstd));
+  auto d_dx = upload(encode(r.dx0, c.dt));
+  auto d_dw = upload(encode(r.dw0, c.dt));
+  auto d_db = upload(encode(r.db0, c.dt));
+  auto d_scratch = poisoned(layer_norm_backward_scratch_bytes(rows, C));
+  layer_norm_backward(d_dy->get(), d_x->get(), d_w->get(), d_mean->as<float>(), d_rstd->as<float>(),
+                      want_dx ? d_dx->get() : nullptr, want_dwdb ? d_dw->get() : nullptr,
+                      want_dwdb ? d_db->get() : nullptr, rows, C, c.dt, want_dwdb ? d_scratch->get() : nullptr,
+                      nullptr);
+  if (want_dx) out.push_back(device_output("layer_norm_backward.dx", *d_dx, c.dt));
+  if (want_dwdb) {
+    out.push_back(device_output("layer_norm_backward.dw", *d_dw, c.dt));
+    out.push_back(device_output("layer_norm_backward.db", *d_db, c.dt));
+  }
+  return out;
+}
+
 Outputs run_case(const Case& c, Backend be) {
   if (c.op == "embedding_forward") return run_embedding_forward(c, be);
   if (c.op == "embedding_backward") return run_embedding_backward(c, be);
@@ -481,6 +801,12 @@ Outputs run_case(const Case& c, Backend be) {
   if (c.op == "accumulate") return run_accumulate(c, be);
   if (c.op == "cross_entropy_forward") return run_cross_entropy_forward(c, be);
   if (c.op == "cross_entropy_backward") return run_cross_entropy_backward(c, be);
+  for (const char* op : {"silu_forward", "silu_backward", "gelu_tanh_forward", "gelu_tanh_backward", "swiglu_forward",
+                         "swiglu_backward", "mul_forward", "mul_backward", "scale_forward", "scale_backward"})
+    if (c.op == op) return run_elementwise(c, be);
+  if (c.op == "rope_forward" || c.op == "rope_backward") return run_rope(c, be);
+  if (c.op == "layer_norm_forward") return run_layer_norm_forward(c, be);
+  if (c.op == "layer_norm_backward") return run_layer_norm_backward(c, be);
   throw std::invalid_argument("unknown op " + c.op);
 }
 
@@ -531,6 +857,19 @@ std::map<std::string, int64_t> expected_launches(const Case& c) {
   if (c.op == "accumulate") return {{"accumulate_kernel" + T, 1}};
   if (c.op == "cross_entropy_forward") return {{"cross_entropy_forward_kernel" + T, 1}};
   if (c.op == "cross_entropy_backward") return {{"cross_entropy_backward_kernel" + T, 1}};
+  for (const char* op : {"silu_forward", "silu_backward", "gelu_tanh_forward", "gelu_tanh_backward", "swiglu_forward",
+                         "swiglu_backward", "mul_forward", "mul_backward", "scale_forward", "scale_backward",
+                         "rope_forward", "rope_backward", "layer_norm_forward"})
+    if (c.op == op) return {{c.op + "_kernel" + T, 1}};
+  if (c.op == "layer_norm_backward") {
+    std::map<std::string, int64_t> m;
+    if (c.c != 2) m["layer_norm_backward_dx_kernel" + T] = 1;
+    if (c.c != 1) {
+      m["layer_norm_backward_dwdb_partial_kernel" + T] = 1;
+      m["layer_norm_backward_dwdb_sum_kernel" + T] = 1;
+    }
+    return m;
+  }
   return {};
 }
 
@@ -654,7 +993,7 @@ void expect_same_bits(const Case& c, const Outputs& want, const Outputs& got, co
 std::vector<Case> all_cases() {
   struct Shape {
     const char* op;
-    int64_t a, b, c;
+    int64_t a, b, c, d = 0;
   };
   const Shape shapes[] = {
       {"embedding_forward", 37, 1000, 100},  {"embedding_forward", 5, 3, 1},     {"embedding_forward", 300, 7, 33},
@@ -674,10 +1013,34 @@ std::vector<Case> all_cases() {
       {"cross_entropy_backward", 37, 1003, 1000}, {"cross_entropy_backward", 4, 64, 64},
       {"cross_entropy_backward", 5, 1, 1},        {"cross_entropy_backward", 3, 5000, 4999},
       {"cross_entropy_backward", 6, 70, 3},
+      // activations, mul/scale: n; backward c = 1 / 2: only the first / second gradient
+      {"silu_forward", 1, 0, 0},        {"silu_forward", 1000, 0, 0},        {"silu_forward", 70001, 0, 0},
+      {"silu_backward", 1, 0, 0},       {"silu_backward", 1000, 0, 0},       {"silu_backward", 70001, 0, 0},
+      {"gelu_tanh_forward", 1, 0, 0},   {"gelu_tanh_forward", 3703, 0, 0},   {"gelu_tanh_forward", 70001, 0, 0},
+      {"gelu_tanh_backward", 1, 0, 0},  {"gelu_tanh_backward", 3703, 0, 0},  {"gelu_tanh_backward", 70001, 0, 0},
+      {"swiglu_forward", 1, 0, 0},      {"swiglu_forward", 3703, 0, 0},      {"swiglu_forward", 70001, 0, 0},
+      {"swiglu_backward", 1, 0, 0},     {"swiglu_backward", 3703, 0, 0},     {"swiglu_backward", 70001, 0, 0},
+      {"swiglu_backward", 1000, 0, 1},  {"swiglu_backward", 1000, 0, 2},
+      {"mul_forward", 1, 0, 0},         {"mul_forward", 3703, 0, 0},         {"mul_forward", 70001, 0, 0},
+      {"mul_backward", 1, 0, 0},        {"mul_backward", 3703, 0, 0},        {"mul_backward", 70001, 0, 0},
+      {"mul_backward", 1000, 0, 1},     {"mul_backward", 1000, 0, 2},
+      {"scale_forward", 1, 0, 0},       {"scale_forward", 3703, 0, 0},       {"scale_forward", 70001, 0, 0},
+      {"scale_backward", 1, 0, 0},      {"scale_backward", 3703, 0, 0},      {"scale_backward", 70001, 0, 0},
+      // RoPE: B, Tn, H, D (D/2 odd in 6, 50 and 130; Tn not a multiple of anything)
+      {"rope_forward", 2, 37, 3, 64},   {"rope_forward", 1, 5, 2, 128},      {"rope_forward", 3, 7, 5, 6},
+      {"rope_forward", 1, 3, 1, 2},     {"rope_forward", 2, 13, 4, 50},      {"rope_forward", 1, 9, 3, 130},
+      {"rope_backward", 2, 37, 3, 64},  {"rope_backward", 1, 5, 2, 128},     {"rope_backward", 3, 7, 5, 6},
+      {"rope_backward", 1, 3, 1, 2},    {"rope_backward", 2, 13, 4, 50},     {"rope_backward", 1, 9, 3, 130},
+      // LayerNorm: rows, C; forward c = 1: no bias; backward c = 1: dx only, 2: dw and db only
+      {"layer_norm_forward", 37, 100, 0}, {"layer_norm_forward", 200, 33, 0}, {"layer_norm_forward", 3, 1, 0},
+      {"layer_norm_forward", 2, 1000, 0}, {"layer_norm_forward", 1, 4099, 0}, {"layer_norm_forward", 37, 100, 1},
+      {"layer_norm_backward", 37, 100, 0}, {"layer_norm_backward", 200, 33, 0}, {"layer_norm_backward", 3, 1, 0},
+      {"layer_norm_backward", 2, 1000, 0}, {"layer_norm_backward", 130, 257, 0}, {"layer_norm_backward", 37, 100, 1},
+      {"layer_norm_backward", 130, 257, 2},
   };
   std::vector<Case> cases;
   for (DType dt : {DType::f32, DType::bf16, DType::f16})
-    for (const Shape& s : shapes) cases.push_back({s.op, dt, s.a, s.b, s.c});
+    for (const Shape& s : shapes) cases.push_back({s.op, dt, s.a, s.b, s.c, s.d});
   return cases;
 }
 
@@ -849,6 +1212,30 @@ TEST(CudaOpsNonFinite, CrossEntropyNanAndMinusInfLogitsAsOnTheCpu) {
     EXPECT_EQ(dev_lse.values[3], -inf);
     for (int64_t j = 0; j < V; ++j) EXPECT_TRUE(std::isnan(dev_dl.values[j])) << "row 0 column " << j;
   }
+}
+
+/// rope_forward in place (y == x, as the attention layer applies it to q and k) gives the bits
+/// of the out-of-place launch; an odd head dim is refused before anything is launched.
+TEST(CudaOpsRope, InPlaceGivesTheOutOfPlaceBitsAndAnOddHeadDimThrows) {
+  SKIP_WITHOUT_DEVICE();
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Case c{"rope_forward", dt, 2, 13, 4, 50};
+    const int64_t n = c.a * c.b * c.c * c.d;
+    const Outputs want = run_case(c, Backend::device);
+    const RopeInputs r = rope_inputs(c);
+    const Bytes h_x = encode(r.x, dt);
+    auto d_x = upload(h_x);
+    auto d_cos = upload(raw_bytes(r.cos));
+    auto d_sin = upload(raw_bytes(r.sin));
+    rope_forward(d_x->get(), d_cos->as<float>(), d_sin->as<float>(), d_x->get(), c.a, c.b, c.c, c.d, dt, nullptr);
+    expect_same_bits(c, want, {device_output("rope_forward.y", *d_x, dt)}, "in place");
+    ASSERT_EQ(want[0].values.size(), static_cast<size_t>(n));
+  }
+  reset_launch_counts();
+  EXPECT_THROW(rope_forward(nullptr, nullptr, nullptr, nullptr, 1, 1, 1, 7, DType::f32, nullptr), std::invalid_argument);
+  EXPECT_THROW(rope_backward(nullptr, nullptr, nullptr, nullptr, 1, 1, 1, 7, DType::f32, nullptr),
+               std::invalid_argument);
+  EXPECT_TRUE(launch_counts().empty());
 }
 
 // ------------------------------------------------------------------ the harness catches errors
