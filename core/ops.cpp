@@ -63,14 +63,19 @@ Tape* recording(std::initializer_list<const Tensor*> inputs) {
 // ------------------------------------------------------------------ linear
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  check_float(x, "linear", "x");
-  check_float(w, "linear", "weight");
+  check_float_on(x, x.device(), "linear", "x");
+  check_float_on(w, x.device(), "linear", "weight");
+  if (b.defined()) check_float_on(b, x.device(), "linear", "bias");
   check_same_family(x, w, "linear");
   PT_CHECK(w.ndim() == 2 && x.dim(-1) == w.dim(1), "linear: x {} does not match weight {} ([out, in])",
            shape_str(x.shape()), shape_str(w.shape()));
   if (b.defined())
     PT_CHECK(b.ndim() == 1 && b.dim(0) == w.dim(0), "linear: bias {} for weight {}", shape_str(b.shape()),
              shape_str(w.shape()));
+  PT_CHECK(x.device() == Device::cpu || (x.dtype() == w.dtype() && (!b.defined() || b.dtype() == w.dtype())),
+           "linear: x {} weight {} bias {}: the device GEMM takes one dtype", dtype_name(x.dtype()),
+           dtype_name(w.dtype()), b.defined() ? dtype_name(b.dtype()) : "none");
+  PT_DEVICE_OP(x, linear(x, w, b));
   const int64_t M = rows_of(x), K = w.dim(1), N = w.dim(0);
   Shape ys = x.shape();
   ys.back() = N;
@@ -143,10 +148,11 @@ Tensor add(const Tensor& a, const Tensor& b) {
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
-  check_float(a, "mul", "a");
-  check_float(b, "mul", "b");
+  check_float_on(a, a.device(), "mul", "a");
+  check_float_on(b, a.device(), "mul", "b");
   check_same_family(a, b, "mul");
   check_same_shape(a, b, "mul");
+  PT_DEVICE_OP(a, mul(a, b));
   Tensor y = Tensor::empty(a.shape(), a.dtype());
   dispatch(a, [&](auto tag) {
     using T = decltype(tag);
@@ -172,7 +178,8 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor scale(const Tensor& x, double s) {
-  check_float(x, "scale", "x");
+  check_float_on(x, x.device(), "scale", "x");
+  PT_DEVICE_OP(x, scale(x, s));
   Tensor y = Tensor::empty(x.shape(), x.dtype());
   dispatch(x, [&](auto tag) {
     using T = decltype(tag);
@@ -276,12 +283,15 @@ Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
-  check_float(x, "layer_norm", "x");
-  check_float(w, "layer_norm", "weight");
-  check_float(b, "layer_norm", "bias");
+  check_float_on(x, x.device(), "layer_norm", "x");
+  check_float_on(w, x.device(), "layer_norm", "weight");
+  check_float_on(b, x.device(), "layer_norm", "bias");
   check_same_family(x, w, "layer_norm");
   PT_CHECK(w.ndim() == 1 && w.dim(0) == x.dim(-1) && b.shape() == w.shape(), "layer_norm: weight {} bias {} for x {}",
            shape_str(w.shape()), shape_str(b.shape()), shape_str(x.shape()));
+  PT_CHECK(x.device() == Device::cpu || (x.dtype() == w.dtype() && w.dtype() == b.dtype()),
+           "layer_norm: x, weight and bias must share one dtype on the device");
+  PT_DEVICE_OP(x, layer_norm(x, w, b, eps));
   const int64_t rows = rows_of(x), C = x.dim(-1);
   const DType st = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor y = Tensor::empty(x.shape(), x.dtype());
@@ -322,13 +332,17 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
 // ------------------------------------------------------------------ rope
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
-  check_float(x, "rope", "x");
+  check_float_on(x, x.device(), "rope", "x");
   PT_CHECK(x.ndim() == 4, "rope: x must be [B, T, H, D], got {}", shape_str(x.shape()));
   const int64_t B = x.dim(0), Tn = x.dim(1), H = x.dim(2), D = x.dim(3);
   PT_CHECK(D % 2 == 0, "rope: head dim {} must be even", D);
   PT_CHECK(cos.ndim() == 2 && cos.dim(0) >= Tn && cos.dim(1) == D / 2 && sin.shape() == cos.shape(),
            "rope: tables {} / {} for x {}", shape_str(cos.shape()), shape_str(sin.shape()), shape_str(x.shape()));
   check_same_family(x, cos, "rope");
+  PT_CHECK(x.device() == Device::cpu || (cos.device() == Device::cuda && sin.device() == Device::cuda &&
+                                         cos.dtype() == DType::f32 && sin.dtype() == DType::f32),
+           "rope on the device needs f32 cos/sin tables on the device");
+  PT_DEVICE_OP(x, rope(x, cos, sin));
   Tensor y = Tensor::empty(x.shape(), x.dtype());
   dispatch(x, [&](auto tag) {
     using T = decltype(tag);
@@ -394,7 +408,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
 namespace {
 template <class Fwd, class Bwd>
 Tensor unary(const Tensor& x, OpId op, Fwd fwd, Bwd bwd) {
-  check_float(x, op_name(op).data(), "x");
+  check_float(x, op_name(op).data(), "x");  // device tensors are dispatched by the callers
   Tensor y = Tensor::empty(x.shape(), x.dtype());
   dispatch(x, [&](auto tag) {
     using T = decltype(tag);
@@ -419,22 +433,27 @@ Tensor unary(const Tensor& x, OpId op, Fwd fwd, Bwd bwd) {
 }  // namespace
 
 Tensor silu(const Tensor& x) {
+  check_float_on(x, x.device(), "silu", "x");
+  PT_DEVICE_OP(x, silu(x));
   return unary(
       x, OpId::silu, [](auto* a, auto* b, int64_t n) { cpu::silu_forward(a, b, n); },
       [](auto* dy, auto* a, auto* dx, int64_t n) { cpu::silu_backward(dy, a, dx, n); });
 }
 
 Tensor gelu(const Tensor& x) {
+  check_float_on(x, x.device(), "gelu", "x");
+  PT_DEVICE_OP(x, gelu(x));
   return unary(
       x, OpId::gelu, [](auto* a, auto* b, int64_t n) { cpu::gelu_tanh_forward(a, b, n); },
       [](auto* dy, auto* a, auto* dx, int64_t n) { cpu::gelu_tanh_backward(dy, a, dx, n); });
 }
 
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
-  check_float(gate, "swiglu", "gate");
-  check_float(up, "swiglu", "up");
+  check_float_on(gate, gate.device(), "swiglu", "gate");
+  check_float_on(up, gate.device(), "swiglu", "up");
   check_same_shape(gate, up, "swiglu");
   check_same_family(gate, up, "swiglu");
+  PT_DEVICE_OP(gate, swiglu(gate, up));
   Tensor y = Tensor::empty(gate.shape(), gate.dtype());
   dispatch(gate, [&](auto tag) {
     using T = decltype(tag);

@@ -159,7 +159,14 @@ size_t layer_norm_backward_scratch_bytes(int64_t rows, int64_t C) {
 
 void layer_norm_backward(const void* dy, const void* x, const void* w, const float* mean, const float* rstd, void* dx,
                          void* dw, void* db, int64_t rows, int64_t C, DType dt, void* scratch, CUstream_st* stream) {
+  layer_norm_backward(dy, x, w, mean, rstd, dx, dw, db, rows, C, dt, dt, scratch, stream);
+}
+
+void layer_norm_backward(const void* dy, const void* x, const void* w, const float* mean, const float* rstd, void* dx,
+                         void* dw, void* db, int64_t rows, int64_t C, DType dt, DType dwdb_dt, void* scratch,
+                         CUstream_st* stream) {
   kern::check_dtype("layer_norm_backward", dt);
+  kern::check_dtype("layer_norm_backward (dw, db)", dwdb_dt);
   if ((!dx && !dw && !db) || rows <= 0 || C <= 0) return;
   if ((dw || db) && !scratch)
     throw std::invalid_argument(
@@ -179,13 +186,17 @@ void layer_norm_backward(const void* dy, const void* x, const void* w, const flo
     float* pb = db ? static_cast<float*>(scratch) + nchunks * C : nullptr;         // [nchunks, C]
     const int64_t col_tiles = (C + kColThreads - 1) / kColThreads;
     const dim3 grid(kern::grid_blocks(nchunks), static_cast<unsigned>(col_tiles < 65535 ? col_tiles : 65535));
-#define PT_LAYER_NORM_BACKWARD_DWDB(T)                                                                               \
+#define PT_LAYER_NORM_BACKWARD_DWDB_PARTIAL(T)                                                                       \
   PT_LAUNCH((layer_norm_backward_dwdb_partial_kernel<T>), grid, kColThreads, 0, stream, static_cast<const T*>(dy), \
-            static_cast<const T*>(x), mean, rstd, pw, pb, rows, C, nchunks);                                       \
+            static_cast<const T*>(x), mean, rstd, pw, pb, rows, C, nchunks)
+    PT_DTYPE_SWITCH(dt, PT_LAYER_NORM_BACKWARD_DWDB_PARTIAL)
+#undef PT_LAYER_NORM_BACKWARD_DWDB_PARTIAL
+    // The sums are in the dtype of dw/db (fp32 gradients of bf16 weights, or the weights' own).
+#define PT_LAYER_NORM_BACKWARD_DWDB(T)                                                                               \
   PT_LAUNCH((layer_norm_backward_dwdb_sum_kernel<T>), kern::grid_blocks(col_tiles), kColThreads, 0, stream,         \
             static_cast<const float*>(pw), static_cast<const float*>(pb), static_cast<T*>(dw), static_cast<T*>(db), \
             nchunks, C)
-    PT_DTYPE_SWITCH(dt, PT_LAYER_NORM_BACKWARD_DWDB)
+    PT_DTYPE_SWITCH(dwdb_dt, PT_LAYER_NORM_BACKWARD_DWDB)
 #undef PT_LAYER_NORM_BACKWARD_DWDB
   }
 }

@@ -157,5 +157,9 @@ size_t layer_norm_backward_scratch_bytes(int64_t rows, int64_t C);
 /// layer_norm_backward_dwdb_sum_kernel<T>.
 void layer_norm_backward(const void* dy, const void* x, const void* w, const float* mean, const float* rstd, void* dx,
                          void* dw, void* db, int64_t rows, int64_t C, DType dt, void* scratch, CUstream_st* stream);
+/// The same with dw and db in dwdb_dt (any float dtype; dx stays in dt).
+void layer_norm_backward(const void* dy, const void* x, const void* w, const float* mean, const float* rstd, void* dx,
+                         void* dw, void* db, int64_t rows, int64_t C, DType dt, DType dwdb_dt, void* scratch,
+                         CUstream_st* stream);
 
 }  // namespace ptrain::cuda

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/cuda/gemm.h"
 #include "core/cuda/ops.h"
 
 namespace ptrain::ops::device {
@@ -19,6 +20,14 @@ Tape* recording(std::initializer_list<const Tensor*> inputs) {
 Tensor scratch(size_t bytes) { return Tensor::empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::i32, Device::cuda); }
 
 void* raw_or_null(const Tensor& t) { return t.defined() ? t.raw() : nullptr; }
+
+/// Kernels that write activation gradients take one dtype: those gradients must be in dy's.
+void same_dtype_grads(const char* op, const Tensor& dy, std::initializer_list<const Tensor*> grads) {
+  for (const Tensor* g : grads)
+    PT_CHECK(!g->defined() || g->dtype() == dy.dtype(),
+             "{} on the device: a gradient in {} for an output gradient in {} (this kernel writes one dtype)", op,
+             dtype_name(g->dtype()), dtype_name(dy.dtype()));
+}
 
 }  // namespace
 
@@ -37,6 +46,159 @@ Tensor add(const Tensor& a, const Tensor& b) {
         accumulate(db, dy);
       }
       if (ctx.needs_grad(0)) ctx.accumulate(0, ctx.take_grad_out());
+    });
+  }
+  return y;
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const int64_t K = w.dim(1), N = w.dim(0), M = x.numel() / K;
+  Shape ys = x.shape();
+  ys.back() = N;
+  Tensor y = Tensor::empty(ys, x.dtype(), Device::cuda);
+  cuda::linear_forward(x.dtype(), x.raw(), w.raw(), raw_or_null(b), y.raw(), M, K, N, nullptr);
+  if (Tape* tape = recording({&x, &w, &b})) {
+    SavedTensor sx = tape->save(x), sw = tape->save(w);
+    tape->record(OpId::linear, {&x, &w, &b}, {&y}, [sx, sw, M, K, N](BackwardCtx& ctx) {
+      const Tensor dy = ctx.grad_out();
+      if (ctx.needs_grad(0)) {
+        Tensor dx = ctx.grad_in(0);
+        const Tensor w = sw.get();
+        cuda::linear_backward_input(dy.dtype(), dy.raw(), w.raw(), dx.raw(), M, K, N, nullptr);
+      }
+      if (ctx.needs_grad(1) || ctx.needs_grad(2)) {
+        Tensor dw = ctx.grad_in(1), db = ctx.grad_in(2);
+        ctx.weight_grad([sx, dy, dw, db, M, K, N]() mutable {
+          const Tensor x = sx.get();
+          const DType gdt = dw.defined() ? dw.dtype() : db.dtype();
+          PT_CHECK(!dw.defined() || !db.defined() || dw.dtype() == db.dtype(),
+                   "linear: weight and bias gradients in different dtypes ({} and {})", dtype_name(dw.dtype()),
+                   dtype_name(db.dtype()));
+          if (dw.defined()) {
+            cuda::linear_backward_weight(dy.dtype(), dy.raw(), x.raw(), gdt, dw.raw(), raw_or_null(db), M, K, N,
+                                         nullptr);
+          } else {
+            PT_CHECK(false, "linear: a bias gradient without the weight gradient is not supported on the device");
+          }
+        });
+      }
+    });
+  }
+  return y;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor y = Tensor::empty(a.shape(), a.dtype(), Device::cuda);
+  cuda::mul_forward(a.raw(), b.raw(), y.raw(), a.numel(), a.dtype(), nullptr);
+  if (Tape* tape = recording({&a, &b})) {
+    SavedTensor sa = tape->save(a), sb = tape->save(b);
+    tape->record(OpId::mul, {&a, &b}, {&y}, [sa, sb](BackwardCtx& ctx) {
+      const Tensor dy = ctx.grad_out();
+      Tensor da = ctx.grad_in(0), db = ctx.grad_in(1);
+      const Tensor a = sa.get(), b = sb.get();
+      same_dtype_grads("mul", dy, {&da, &db});
+      cuda::mul_backward(dy.raw(), a.raw(), b.raw(), raw_or_null(da), raw_or_null(db), dy.numel(), dy.dtype(), nullptr);
+    });
+  }
+  return y;
+}
+
+Tensor scale(const Tensor& x, double s) {
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::cuda);
+  cuda::scale_forward(x.raw(), static_cast<float>(s), y.raw(), x.numel(), x.dtype(), nullptr);
+  if (Tape* tape = recording({&x})) {
+    tape->record(OpId::scale, {&x}, {&y}, [s](BackwardCtx& ctx) {
+      const Tensor dy = ctx.grad_out();
+      Tensor dx = ctx.grad_in(0);
+      same_dtype_grads("scale", dy, {&dx});
+      cuda::scale_backward(dy.raw(), static_cast<float>(s), dx.raw(), dy.numel(), dy.dtype(), nullptr);
+    });
+  }
+  return y;
+}
+
+namespace {
+using UnaryFwd = void (*)(const void*, void*, int64_t, DType, CUstream_st*);
+using UnaryBwd = void (*)(const void*, const void*, void*, int64_t, DType, CUstream_st*);
+Tensor unary(const Tensor& x, OpId op, UnaryFwd fwd, UnaryBwd bwd) {
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::cuda);
+  fwd(x.raw(), y.raw(), x.numel(), x.dtype(), nullptr);
+  if (Tape* tape = recording({&x})) {
+    SavedTensor sx = tape->save(x);
+    tape->record(op, {&x}, {&y}, [sx, bwd, op](BackwardCtx& ctx) {
+      const Tensor dy = ctx.grad_out();
+      Tensor dx = ctx.grad_in(0);
+      same_dtype_grads(op_name(op).data(), dy, {&dx});
+      bwd(dy.raw(), sx.get().raw(), dx.raw(), dy.numel(), dy.dtype(), nullptr);
+    });
+  }
+  return y;
+}
+}  // namespace
+
+Tensor silu(const Tensor& x) { return unary(x, OpId::silu, cuda::silu_forward, cuda::silu_backward); }
+Tensor gelu(const Tensor& x) { return unary(x, OpId::gelu, cuda::gelu_tanh_forward, cuda::gelu_tanh_backward); }
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  Tensor y = Tensor::empty(gate.shape(), gate.dtype(), Device::cuda);
+  cuda::swiglu_forward(gate.raw(), up.raw(), y.raw(), gate.numel(), gate.dtype(), nullptr);
+  if (Tape* tape = recording({&gate, &up})) {
+    SavedTensor sg = tape->save(gate), su = tape->save(up);
+    tape->record(OpId::swiglu, {&gate, &up}, {&y}, [sg, su](BackwardCtx& ctx) {
+      const Tensor dy = ctx.grad_out();
+      Tensor dg = ctx.grad_in(0), du = ctx.grad_in(1);
+      same_dtype_grads("swiglu", dy, {&dg, &du});
+      cuda::swiglu_backward(dy.raw(), sg.get().raw(), su.get().raw(), raw_or_null(dg), raw_or_null(du), dy.numel(),
+                            dy.dtype(), nullptr);
+    });
+  }
+  return y;
+}
+
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  const int64_t B = x.dim(0), Tn = x.dim(1), H = x.dim(2), D = x.dim(3);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::cuda);
+  cuda::rope_forward(x.raw(), static_cast<const float*>(cos.raw()), static_cast<const float*>(sin.raw()), y.raw(), B, Tn,
+                     H, D, x.dtype(), nullptr);
+  if (Tape* tape = recording({&x})) {
+    tape->record(OpId::rope, {&x}, {&y}, [cos, sin, B, Tn, H, D](BackwardCtx& ctx) {
+      const Tensor dy = ctx.grad_out();
+      Tensor dx = ctx.grad_in(0);
+      same_dtype_grads("rope", dy, {&dx});
+      cuda::rope_backward(dy.raw(), static_cast<const float*>(cos.raw()), static_cast<const float*>(sin.raw()),
+                          dx.raw(), B, Tn, H, D, dy.dtype(), nullptr);
+    });
+  }
+  return y;
+}
+
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  const int64_t C = x.dim(-1), rows = x.numel() / C;
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::cuda);
+  Tensor mean = Tensor::empty({rows}, DType::f32, Device::cuda), rstd = Tensor::empty({rows}, DType::f32, Device::cuda);
+  cuda::layer_norm_forward(x.raw(), w.raw(), b.raw(), y.raw(), static_cast<float*>(mean.raw()),
+                           static_cast<float*>(rstd.raw()), rows, C, eps, x.dtype(), nullptr);
+  if (Tape* tape = recording({&x, &w, &b})) {
+    SavedTensor sx = tape->save(x), sw = tape->save(w), sm = tape->save(mean), sr = tape->save(rstd);
+    tape->record(OpId::layer_norm, {&x, &w, &b}, {&y}, [sx, sw, sm, sr, rows, C](BackwardCtx& ctx) {
+      const Tensor dy = ctx.grad_out();
+      Tensor dx = ctx.grad_in(0), dw = ctx.grad_in(1), db = ctx.grad_in(2);
+      auto run = [sx, sw, sm, sr, dy, rows, C](Tensor dx, Tensor dw, Tensor db) {
+        const Tensor x = sx.get(), w = sw.get(), m = sm.get(), r = sr.get();
+        const DType gdt = dw.defined() ? dw.dtype() : db.defined() ? db.dtype() : dy.dtype();
+        PT_CHECK(!dw.defined() || !db.defined() || dw.dtype() == db.dtype(),
+                 "layer_norm: weight and bias gradients in different dtypes");
+        Tensor s = dw.defined() || db.defined() ? scratch(cuda::layer_norm_backward_scratch_bytes(rows, C)) : Tensor();
+        cuda::layer_norm_backward(dy.raw(), x.raw(), w.raw(), static_cast<const float*>(m.raw()),
+                                  static_cast<const float*>(r.raw()), raw_or_null(dx), raw_or_null(dw), raw_or_null(db),
+                                  rows, C, dy.dtype(), gdt, raw_or_null(s), nullptr);
+      };
+      if (ctx.splitting()) {
+        if (dx.defined()) run(dx, Tensor(), Tensor());
+        if (dw.defined() || db.defined()) ctx.weight_grad([run, dw, db] { run(Tensor(), dw, db); });
+      } else {
+        run(dx, dw, db);
+      }
     });
   }
   return y;

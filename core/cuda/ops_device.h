@@ -15,7 +15,15 @@
 
 namespace ptrain::ops::device {
 
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
 Tensor add(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, double s);
+Tensor silu(const Tensor& x);
+Tensor gelu(const Tensor& x);
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps);
 Tensor embedding(const Tensor& ids, const Tensor& table);
 Tensor rms_norm(const Tensor& x, const Tensor& w, double eps);
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t V, double weight);
