@@ -366,9 +366,9 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
 // ------------------------------------------------------------------ attention
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
-  check_float(q, "attention", "q");
-  check_float(k, "attention", "k");
-  check_float(v, "attention", "v");
+  check_float_on(q, q.device(), "attention", "q");
+  check_float_on(k, q.device(), "attention", "k");
+  check_float_on(v, q.device(), "attention", "v");
   check_same_family(q, k, "attention");
   PT_CHECK(q.ndim() == 4 && k.ndim() == 4 && k.shape() == v.shape(), "attention: q {} k {} v {} must be [B, T, H, D]",
            shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
@@ -376,6 +376,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
   PT_CHECK(k.dim(0) == B && k.dim(1) == Tn && k.dim(3) == D && Hkv > 0 && Hq % Hkv == 0,
            "attention: q {} and k/v {} do not match (need the same B, T, D and Hq % Hkv == 0)", shape_str(q.shape()),
            shape_str(k.shape()));
+  PT_CHECK(q.device() == Device::cpu || (q.dtype() == k.dtype() && k.dtype() == v.dtype()),
+           "attention: q, k and v must share one dtype on the device");
+  PT_DEVICE_OP(q, attention(q, k, v));
   Tensor out = Tensor::empty(q.shape(), q.dtype());
   Tensor probs = Tensor::empty({B, Hq, Tn, Tn}, q.dtype() == DType::f64 ? DType::f64 : DType::f32);
   dispatch(q, [&](auto tag) {

@@ -39,6 +39,7 @@ void check_shape(const char* what, int64_t B, int64_t T, int64_t Hq, int64_t Hkv
   PT_CHECK(Hkv > 0 && Hq > 0 && Hq % Hkv == 0, "{}: q heads Hq={} must be a positive multiple of kv heads Hkv={}",
            what, Hq, Hkv);
   PT_CHECK(D > 0, "{}: head dim D={} must be positive", what, D);
+  PT_CHECK(B <= INT32_MAX && Hkv <= INT32_MAX, "{}: B={} or Hkv={} exceeds a GEMM batch count (int32)", what, B, Hkv);
 }
 
 /// Elements of one chunk of [T, T] matrices: B·Hkv of them.

@@ -64,9 +64,10 @@ void attention_forward(const void* q, const void* k, const void* v, void* out, v
 
 /// Bytes of device scratch attention_backward needs: one chunk of dP in fp32 (B·Hkv·T·T
 /// floats; fp32 because dP − rowsum(dP ⊙ P) cancels), plus, in bf16/f16, the chunk of dS in
-/// dt (the GEMMs dq += dS·k, dk += dSᵀ·q take A and B of one dtype), 256-byte aligned. In f32
-/// dS overwrites dP in place. 0 when dq and dk are both not wanted is not modelled: callers
-/// size for the full backward.
+/// dt (the GEMMs dq += dS·k, dk += dSᵀ·q take A and B of one dtype), each region 256-byte
+/// aligned. In f32 dS overwrites dP in place. A chunk is one GQA member's heads (B·Hkv of the
+/// B·Hq score matrices): the scratch is 1/g of a full dP, and it is reused for every member.
+/// Example: bf16, B 4, T 2048, Hkv 8: 4·8·2048²·(4 + 2) B = 768 MiB (forward: 512 MiB).
 size_t attention_backward_scratch_bytes(DType dt, int64_t B, int64_t T, int64_t Hq, int64_t Hkv);
 
 /// dq, dk, dv += gradients of causal GQA attention (dk / dv summed over the q heads of a

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/cuda/attention.h"
 #include "core/cuda/gemm.h"
 #include "core/cuda/ops.h"
 
@@ -202,6 +203,30 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
     });
   }
   return y;
+}
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
+  const int64_t B = q.dim(0), Tn = q.dim(1), Hq = q.dim(2), D = q.dim(3), Hkv = k.dim(2);
+  const DType dt = q.dtype();
+  Tensor out = Tensor::empty(q.shape(), dt, Device::cuda);
+  Tensor probs = Tensor::empty({B, Hq, Tn, Tn}, dt, Device::cuda);
+  {
+    Tensor s = scratch(cuda::attention_forward_scratch_bytes(dt, B, Tn, Hq, Hkv));
+    cuda::attention_forward(q.raw(), k.raw(), v.raw(), out.raw(), probs.raw(), B, Tn, Hq, Hkv, D, dt, s.raw(), nullptr);
+  }
+  if (Tape* tape = recording({&q, &k, &v})) {
+    SavedTensor sq = tape->save(q), sk = tape->save(k), sv = tape->save(v), sp = tape->save(probs);
+    tape->record(OpId::attention, {&q, &k, &v}, {&out}, [sq, sk, sv, sp, B, Tn, Hq, Hkv, D](BackwardCtx& ctx) {
+      const Tensor dout = ctx.grad_out();
+      Tensor dq = ctx.grad_in(0), dk = ctx.grad_in(1), dv = ctx.grad_in(2);
+      same_dtype_grads("attention", dout, {&dq, &dk, &dv});
+      Tensor s = scratch(cuda::attention_backward_scratch_bytes(dout.dtype(), B, Tn, Hq, Hkv));
+      cuda::attention_backward(dout.raw(), sq.get().raw(), sk.get().raw(), sv.get().raw(), sp.get().raw(),
+                               raw_or_null(dq), raw_or_null(dk), raw_or_null(dv), B, Tn, Hq, Hkv, D, dout.dtype(),
+                               s.raw(), nullptr);
+    });
+  }
+  return out;
 }
 
 Tensor embedding(const Tensor& ids, const Tensor& table) {

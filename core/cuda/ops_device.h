@@ -24,6 +24,9 @@ Tensor gelu(const Tensor& x);
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps);
+/// Causal GQA attention (core/cuda/attention.h); probs [B, Hq, T, T] saved in the input dtype
+/// (the CPU op keeps them in fp32: bf16 results differ from the CPU's by a rounding of P).
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v);
 Tensor embedding(const Tensor& ids, const Tensor& table);
 Tensor rms_norm(const Tensor& x, const Tensor& w, double eps);
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t V, double weight);

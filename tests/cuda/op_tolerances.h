@@ -226,6 +226,45 @@ inline constexpr OpTolerance kOpTolerances[] = {
     // values on bf16's grid are exact floats).
     {"grad_sum_squares.out", DType::f32, 0, 1e-12},
     {"grad_sum_squares.out", DType::bf16, 0, 1e-12},
+    // attention (core/cuda/attention.cpp + causal_softmax.cu) against cpu::attention_* in
+    // float, inputs on the grid, outputs rounded to dt; the harness's shapes: T <= 65, D <= 128,
+    // q in (-3, 3), k, v, dout, initial dq/dk/dv in (-1, 1). "needed": the largest
+    // |d - c| - rtol |c| observed in the emulated build at the row's rtol.
+    // fp32: the same products in a different blocking (device: full square GEMMs, CPU: 64-row
+    // causal blocks over a transposed K), expf (<= 2 ulp on a GPU) vs the CPU's polynomial exp
+    // (~1 ulp), scale applied after the GEMM (CPU: as its alpha): a few ulps relative (observed
+    // <= 6e-7 absolute on values <= ~3). rtol 1e-5 (the bar). probs: relative (exp of
+    // an argument that differs by a few ulps); 1e-7 absolute only for underflowing tails
+    // (device denormals vs the CPU's flush below ln FLT_MIN). out = Σ p v (<= 65 terms) and
+    // dq/dk/dv accumulated into random values can cancel to ~0: absolute floors of ~(terms) u
+    // |sum of |terms||, random-walk sized: 1e-6 (out, dq; needed 1.4e-7, 2.4e-8) and 2e-6
+    // (dk, dv: up to G·T = 260 terms; needed 3.2e-7, 1.1e-7).
+    {"attention_forward.out", DType::f32, 1e-6, 1e-5},
+    {"attention_forward.probs", DType::f32, 1e-7, 1e-5},
+    {"attention_backward.dq", DType::f32, 1e-6, 1e-5},
+    {"attention_backward.dk", DType::f32, 2e-6, 1e-5},
+    {"attention_backward.dv", DType::f32, 2e-6, 1e-5},
+    // bf16: rtol 8e-3 is the one-ulp rounding flip of the stored output (2^-7 = 7.8e-3).
+    // Intermediates the device stores in bf16 because the next GEMM reads them add absolute
+    // terms: out = P·v reads P rounded (<= 2^-9 Σ p |v| <= 2^-9 = 2e-3; atol 4e-3, needed
+    // 1.4e-3); dq = dS·k reads dS rounded (2^-9 Σ |dS k| ~ 1e-3; atol 2e-3, needed 5.6e-4);
+    // dk, dv are rounded once per group member (beta = 1 GEMMs, G <= 4): G - 1 extra half-ulp
+    // roundings of partial sums <= ~2.5, 3 · 2^-9 · 2.5 = 1.5e-2, plus dS / P rounded: atol
+    // 1.2e-2 (needed 4.7e-3 dk, 7.5e-3 dv). probs: computed in fp32 as on the CPU and rounded
+    // once: the flip only (needed 0).
+    {"attention_forward.out", DType::bf16, 4e-3, 8e-3},
+    {"attention_forward.probs", DType::bf16, 1e-7, 8e-3},
+    {"attention_backward.dq", DType::bf16, 2e-3, 8e-3},
+    {"attention_backward.dk", DType::bf16, 1.2e-2, 8e-3},
+    {"attention_backward.dv", DType::bf16, 1.2e-2, 8e-3},
+    // f16: the same analysis with 2^-10 (flip, rtol 1e-3) and 2^-12 (half ulp) instead:
+    // out atol 5e-4 (needed 2e-4), dq 2e-4 (needed 4.7e-5), dk/dv 2e-3 (needed 6.6e-4, 8.7e-4).
+    {"attention_forward.out", DType::f16, 5e-4, 1e-3},
+    {"attention_forward.probs", DType::f16, 1e-7, 1e-3},
+    {"attention_backward.dq", DType::f16, 2e-4, 1e-3},
+    {"attention_backward.dk", DType::f16, 2e-3, 1e-3},
+    {"attention_backward.dv", DType::f16, 2e-3, 1e-3},
+    // ---- attention (rows of core/cuda/{attention.cpp,causal_softmax.cu} above this line) ----
     // ---- optimizer and gradient norm (rows of core/cuda/{adamw,grad_norm}.cu above this line) ----
 };
 // clang-format on
