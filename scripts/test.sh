@@ -52,7 +52,7 @@ if [[ -x /usr/local/cuda/bin/nvcc ]] || command -v nvcc >/dev/null 2>&1; then
   t=$SECONDS
   cmake -S . -B build-nvcc -G Ninja -DCMAKE_BUILD_TYPE=Release -DPTRAIN_CUDA=ON >/dev/null
   nvcc_targets=$(ninja -C build-nvcc -t targets all | sed -n 's/^\(test_[a-z_]*\|ptrain_core\): .*/\1/p' |
-                 grep -E '^(ptrain_core|test_cuda_device|test_gpu_silicon|test_ops_cuda|test_device_memory|test_device_ops|test_gemm|test_gemm_gpu|test_optim_cuda)$' | tr '\n' ' ')
+                 grep -E '^(ptrain_core|test_cuda_device|test_gpu_silicon|test_ops_cuda|test_device_memory|test_device_ops|test_gemm|test_gemm_gpu|test_optim_cuda|test_attention_cuda)$' | tr '\n' ' ')
   ninja -C build-nvcc -j "$jobs" $nvcc_targets | tee build-nvcc/nvcc_build.log
   kernels=$(grep -c 'ptxas info    : Used' build-nvcc/nvcc_build.log || true)
   maxreg=$(grep -o 'Used [0-9]* registers' build-nvcc/nvcc_build.log | awk '{print $2}' | sort -n | tail -1 || true)
