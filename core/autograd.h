@@ -110,6 +110,10 @@ class Tape {
 
   /// Whether an op with these inputs must be recorded (a current tape and an input needing grad).
   static bool should_record(std::initializer_list<const Tensor*> inputs);
+  /// The tape an op with these inputs records on: current() when should_record(inputs), else nullptr.
+  static Tape* recording(std::initializer_list<const Tensor*> inputs) {
+    return should_record(inputs) ? current() : nullptr;
+  }
   /// Records an op: outputs get slots; `backward` is called with a BackwardCtx in Tape::backward.
   void record(OpId op, const std::vector<const Tensor*>& inputs, const std::vector<Tensor*>& outputs,
               std::function<void(BackwardCtx&)> backward);

@@ -54,10 +54,6 @@ void check_same_family(const Tensor& a, const Tensor& b, const char* op) {
 
 int64_t rows_of(const Tensor& x) { return x.numel() / x.dim(-1); }
 
-Tape* recording(std::initializer_list<const Tensor*> inputs) {
-  return Tape::should_record(inputs) ? Tape::current() : nullptr;
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------ linear
@@ -85,7 +81,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     cpu::linear_forward<T>(x.data<T>(), w.data<T>(), b.defined() ? b.data<T>() : nullptr, y.data<T>(), M, K, N);
   });
   y.round_();
-  if (Tape* tape = recording({&x, &w, &b})) {
+  if (Tape* tape = Tape::recording({&x, &w, &b})) {
     SavedTensor sx = tape->save(x), sw = tape->save(w);
     tape->record(OpId::linear, {&x, &w, &b}, {&y}, [sx, sw, M, K, N](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -130,7 +126,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
     cpu::add_forward<T>(a.data<T>(), b.data<T>(), y.data<T>(), a.numel());
   });
   y.round_();
-  if (Tape* tape = recording({&a, &b})) {
+  if (Tape* tape = Tape::recording({&a, &b})) {
     tape->record(OpId::add, {&a, &b}, {&y}, [](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
       if (ctx.needs_grad(1)) {
@@ -159,7 +155,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
     cpu::mul_forward<T>(a.data<T>(), b.data<T>(), y.data<T>(), a.numel());
   });
   y.round_();
-  if (Tape* tape = recording({&a, &b})) {
+  if (Tape* tape = Tape::recording({&a, &b})) {
     SavedTensor sa = tape->save(a), sb = tape->save(b);
     tape->record(OpId::mul, {&a, &b}, {&y}, [sa, sb](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -186,7 +182,7 @@ Tensor scale(const Tensor& x, double s) {
     cpu::scale_forward<T>(x.data<T>(), static_cast<T>(s), y.data<T>(), x.numel());
   });
   y.round_();
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     tape->record(OpId::scale, {&x}, {&y}, [s](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
       Tensor dx = ctx.grad_in(0);
@@ -218,7 +214,7 @@ Tensor embedding(const Tensor& ids, const Tensor& table) {
     using T = decltype(tag);
     cpu::embedding_forward<T>(id, table.data<T>(), y.data<T>(), n, C);
   });
-  if (Tape* tape = recording({&table})) {
+  if (Tape* tape = Tape::recording({&table})) {
     SavedTensor sids = tape->save(ids);
     tape->record(OpId::embedding, {&ids, &table}, {&y}, [sids, n, C](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -255,7 +251,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
     cpu::rms_norm_forward<T>(x.data<T>(), w.data<T>(), y.data<T>(), rstd.data<T>(), rows, C, eps);
   });
   y.round_();
-  if (Tape* tape = recording({&x, &w})) {
+  if (Tape* tape = Tape::recording({&x, &w})) {
     SavedTensor sx = tape->save(x), sw = tape->save(w), sr = tape->save(rstd);
     tape->record(OpId::rms_norm, {&x, &w}, {&y}, [sx, sw, sr, rows, C](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -302,7 +298,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
                                rows, C, eps);
   });
   y.round_();
-  if (Tape* tape = recording({&x, &w, &b})) {
+  if (Tape* tape = Tape::recording({&x, &w, &b})) {
     SavedTensor sx = tape->save(x), sw = tape->save(w), sm = tape->save(mean), sr = tape->save(rstd);
     tape->record(OpId::layer_norm, {&x, &w, &b}, {&y}, [sx, sw, sm, sr, rows, C](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -349,7 +345,7 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
     cpu::rope_forward<T>(x.data<T>(), cos.data<T>(), sin.data<T>(), y.data<T>(), B, Tn, H, D);
   });
   y.round_();
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     tape->record(OpId::rope, {&x}, {&y}, [cos, sin, B, Tn, H, D](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
       Tensor dx = ctx.grad_in(0);
@@ -387,7 +383,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
                               D);
   });
   out.round_();
-  if (Tape* tape = recording({&q, &k, &v})) {
+  if (Tape* tape = Tape::recording({&q, &k, &v})) {
     SavedTensor sq = tape->save(q), sk = tape->save(k), sv = tape->save(v), sp = tape->save(probs);
     tape->record(OpId::attention, {&q, &k, &v}, {&out}, [sq, sk, sv, sp, B, Tn, Hq, Hkv, D](BackwardCtx& ctx) {
       const Tensor dout = ctx.grad_out();
@@ -418,7 +414,7 @@ Tensor unary(const Tensor& x, OpId op, Fwd fwd, Bwd bwd) {
     fwd(x.data<T>(), y.data<T>(), x.numel());
   });
   y.round_();
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     SavedTensor sx = tape->save(x);
     tape->record(op, {&x}, {&y}, [sx, bwd](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -463,7 +459,7 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
     cpu::swiglu_forward<T>(gate.data<T>(), up.data<T>(), y.data<T>(), gate.numel());
   });
   y.round_();
-  if (Tape* tape = recording({&gate, &up})) {
+  if (Tape* tape = Tape::recording({&gate, &up})) {
     SavedTensor sg = tape->save(gate), su = tape->save(up);
     tape->record(OpId::swiglu, {&gate, &up}, {&y}, [sg, su](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -509,7 +505,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t V, dou
     for (int64_t i = 0; i < N; ++i) s += static_cast<double>(l[i]);
     loss.data<T>()[0] = static_cast<T>(s * weight);
   });
-  if (Tape* tape = recording({&logits})) {
+  if (Tape* tape = Tape::recording({&logits})) {
     SavedTensor sl = tape->save(logits), st_ = tape->save(targets), slse = tape->save(lse);
     tape->record(OpId::cross_entropy, {&logits, &targets}, {&loss}, [sl, st_, slse, N, Vp, V, weight](BackwardCtx& ctx) {
       const Tensor dloss = ctx.grad_out();
@@ -540,7 +536,7 @@ void device_accumulate(Tensor& dst, const Tensor& src) {
 
 Tensor view(const Tensor& x, Shape shape) {
   Tensor y = x.view(std::move(shape));
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     tape->record(OpId::view, {&x}, {&y}, [](BackwardCtx& ctx) { ctx.accumulate(0, ctx.take_grad_out()); });
   }
   return y;
@@ -576,7 +572,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes) {
         for (int64_t c = 0; c < s; ++c) dst[r * s + c] = src[r * S + o + c];
     }
   });
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     std::vector<Tensor*> outp;
     for (auto& o : outs) outp.push_back(&o);
     tape->record(OpId::split, {&x}, outp, [sizes, offs, rows, S](BackwardCtx& ctx) {

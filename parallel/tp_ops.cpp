@@ -31,10 +31,6 @@ template <class F> void dispatch(const Tensor& t, F&& f) {
   }
 }
 
-Tape* recording(std::initializer_list<const Tensor*> inputs) {
-  return Tape::should_record(inputs) ? Tape::current() : nullptr;
-}
-
 void check_float(const Tensor& t, const char* op, const char* what) {
   PT_CHECK(t.defined(), "{}: {} is undefined", op, what);
   PT_CHECK(is_float(t.dtype()), "{}: {} must be a float tensor, got {}", op, what, dtype_name(t.dtype()));
@@ -59,7 +55,7 @@ Shape rows_scaled(const Tensor& x, int64_t num, int64_t den) {
 
 /// y = x as a view (no copy), recorded as `op` with an identity backward. Without a tape, x itself.
 Tensor identity_op(const Tensor& x, OpId op) {
-  Tape* tape = recording({&x});
+  Tape* tape = Tape::recording({&x});
   if (!tape) return x;
   Tensor y = x.view(x.shape());
   tape->record(op, {&x}, {&y}, [](BackwardCtx& ctx) { ctx.accumulate(0, ctx.take_grad_out()); });
@@ -121,7 +117,7 @@ template <class T> void shard_embedding_backward(const int32_t* lid, const T* do
 
 Tensor copy_to_tp(const Tensor& x, Communicator& tp) {
   check_float(x, "copy_to_tp", "x");
-  Tape* tape = recording({&x});
+  Tape* tape = Tape::recording({&x});
   if (!tape) return x;
   Tensor y = x.view(x.shape());  // shares x's storage
   Communicator* comm = &tp;
@@ -138,7 +134,7 @@ Tensor reduce_from_tp(const Tensor& x, Communicator& tp) {
   if (tp.size() == 1) return identity_op(x, OpId::tp_reduce);
   Tensor y = x.clone();
   tp.all_reduce(y, ReduceOp::sum);
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     tape->record(OpId::tp_reduce, {&x}, {&y}, [](BackwardCtx& ctx) { ctx.accumulate(0, ctx.take_grad_out()); });
   }
   return y;
@@ -152,7 +148,7 @@ Tensor gather_sequence(const Tensor& x, Communicator& tp) {
   if (P == 1) return identity_op(x, OpId::sp_gather);
   Tensor y = Tensor::empty(rows_scaled(x, P, 1), x.dtype(), x.device());  // [P·n, ...]
   tp.all_gather(x, y);
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     Communicator* comm = &tp;
     const Shape xs = x.shape();
     tape->record(OpId::sp_gather, {&x}, {&y}, [comm, xs](BackwardCtx& ctx) {
@@ -173,7 +169,7 @@ Tensor reduce_scatter_sequence(const Tensor& x, Communicator& tp) {
   if (P == 1) return identity_op(x, OpId::sp_reduce_scatter);
   Tensor y = Tensor::empty(rows_scaled(x, 1, P), x.dtype(), x.device());  // [n, ...]
   tp.reduce_scatter(x, y);
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     Communicator* comm = &tp;
     const Shape xs = x.shape();
     tape->record(OpId::sp_reduce_scatter, {&x}, {&y}, [comm, xs](BackwardCtx& ctx) {
@@ -194,7 +190,7 @@ Tensor split_sequence(const Tensor& x, Communicator& tp) {
   if (P == 1) return identity_op(x, OpId::sp_split);
   const int64_t n = x.dim(0) / P, r = tp.rank();
   Tensor y = x.rows(r * n, (r + 1) * n);  // a view: no copy
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     Communicator* comm = &tp;
     const Shape xs = x.shape();
     tape->record(OpId::sp_split, {&x}, {&y}, [comm, xs](BackwardCtx& ctx) {
@@ -286,7 +282,7 @@ Tensor vocab_parallel_cross_entropy(const Tensor& logits_shard, const Tensor& ta
     loss.data<T>()[0] = static_cast<T>(s * weight);
   });
 
-  if (Tape* tape = recording({&logits_shard})) {
+  if (Tape* tape = Tape::recording({&logits_shard})) {
     SavedTensor sl = tape->save(logits_shard), slt = tape->save(local), slse = tape->save(lse_t);
     tape->record(OpId::vocab_cross_entropy, {&logits_shard, &targets}, {&loss},
                  [sl, slt, slse, N, Vs, Vl, weight](BackwardCtx& ctx) {
@@ -339,7 +335,7 @@ Tensor vocab_parallel_embedding(const Tensor& ids, const Tensor& weight_shard, i
     shard_embedding_forward<T>(lid, weight_shard.data<T>(), y.data<T>(), n, C);
   });
   tp.all_reduce(y, ReduceOp::sum);  // one nonzero contribution per row: exact
-  if (Tape* tape = recording({&weight_shard})) {
+  if (Tape* tape = Tape::recording({&weight_shard})) {
     SavedTensor slid = tape->save(local);
     tape->record(OpId::vocab_embedding, {&ids, &weight_shard}, {&y}, [slid, n, C](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();

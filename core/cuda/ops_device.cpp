@@ -13,10 +13,6 @@ namespace ptrain::ops::device {
 
 namespace {
 
-Tape* recording(std::initializer_list<const Tensor*> inputs) {
-  return Tape::should_record(inputs) ? Tape::current() : nullptr;
-}
-
 /// Device scratch of at least `bytes` (from the caching allocator; freed with the tensor).
 Tensor scratch(size_t bytes) { return Tensor::empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::i32, Device::cuda); }
 
@@ -39,7 +35,7 @@ void accumulate(Tensor& dst, const Tensor& src) {
 Tensor add(const Tensor& a, const Tensor& b) {
   Tensor y = Tensor::empty(a.shape(), a.dtype(), Device::cuda);
   cuda::add_forward(a.raw(), b.raw(), y.raw(), a.numel(), a.dtype(), nullptr);
-  if (Tape* tape = recording({&a, &b})) {
+  if (Tape* tape = Tape::recording({&a, &b})) {
     tape->record(OpId::add, {&a, &b}, {&y}, [](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
       if (ctx.needs_grad(1)) {
@@ -58,7 +54,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   ys.back() = N;
   Tensor y = Tensor::empty(ys, x.dtype(), Device::cuda);
   cuda::linear_forward(x.dtype(), x.raw(), w.raw(), raw_or_null(b), y.raw(), M, K, N, nullptr);
-  if (Tape* tape = recording({&x, &w, &b})) {
+  if (Tape* tape = Tape::recording({&x, &w, &b})) {
     SavedTensor sx = tape->save(x), sw = tape->save(w);
     tape->record(OpId::linear, {&x, &w, &b}, {&y}, [sx, sw, M, K, N](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -91,7 +87,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor y = Tensor::empty(a.shape(), a.dtype(), Device::cuda);
   cuda::mul_forward(a.raw(), b.raw(), y.raw(), a.numel(), a.dtype(), nullptr);
-  if (Tape* tape = recording({&a, &b})) {
+  if (Tape* tape = Tape::recording({&a, &b})) {
     SavedTensor sa = tape->save(a), sb = tape->save(b);
     tape->record(OpId::mul, {&a, &b}, {&y}, [sa, sb](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -107,7 +103,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 Tensor scale(const Tensor& x, double s) {
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::cuda);
   cuda::scale_forward(x.raw(), static_cast<float>(s), y.raw(), x.numel(), x.dtype(), nullptr);
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     tape->record(OpId::scale, {&x}, {&y}, [s](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
       Tensor dx = ctx.grad_in(0);
@@ -124,7 +120,7 @@ using UnaryBwd = void (*)(const void*, const void*, void*, int64_t, DType, CUstr
 Tensor unary(const Tensor& x, OpId op, UnaryFwd fwd, UnaryBwd bwd) {
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::cuda);
   fwd(x.raw(), y.raw(), x.numel(), x.dtype(), nullptr);
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     SavedTensor sx = tape->save(x);
     tape->record(op, {&x}, {&y}, [sx, bwd, op](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -143,7 +139,7 @@ Tensor gelu(const Tensor& x) { return unary(x, OpId::gelu, cuda::gelu_tanh_forwa
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
   Tensor y = Tensor::empty(gate.shape(), gate.dtype(), Device::cuda);
   cuda::swiglu_forward(gate.raw(), up.raw(), y.raw(), gate.numel(), gate.dtype(), nullptr);
-  if (Tape* tape = recording({&gate, &up})) {
+  if (Tape* tape = Tape::recording({&gate, &up})) {
     SavedTensor sg = tape->save(gate), su = tape->save(up);
     tape->record(OpId::swiglu, {&gate, &up}, {&y}, [sg, su](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -161,7 +157,7 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::cuda);
   cuda::rope_forward(x.raw(), static_cast<const float*>(cos.raw()), static_cast<const float*>(sin.raw()), y.raw(), B, Tn,
                      H, D, x.dtype(), nullptr);
-  if (Tape* tape = recording({&x})) {
+  if (Tape* tape = Tape::recording({&x})) {
     tape->record(OpId::rope, {&x}, {&y}, [cos, sin, B, Tn, H, D](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
       Tensor dx = ctx.grad_in(0);
@@ -179,7 +175,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
   Tensor mean = Tensor::empty({rows}, DType::f32, Device::cuda), rstd = Tensor::empty({rows}, DType::f32, Device::cuda);
   cuda::layer_norm_forward(x.raw(), w.raw(), b.raw(), y.raw(), static_cast<float*>(mean.raw()),
                            static_cast<float*>(rstd.raw()), rows, C, eps, x.dtype(), nullptr);
-  if (Tape* tape = recording({&x, &w, &b})) {
+  if (Tape* tape = Tape::recording({&x, &w, &b})) {
     SavedTensor sx = tape->save(x), sw = tape->save(w), sm = tape->save(mean), sr = tape->save(rstd);
     tape->record(OpId::layer_norm, {&x, &w, &b}, {&y}, [sx, sw, sm, sr, rows, C](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -214,7 +210,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
     Tensor s = scratch(cuda::attention_forward_scratch_bytes(dt, B, Tn, Hq, Hkv));
     cuda::attention_forward(q.raw(), k.raw(), v.raw(), out.raw(), probs.raw(), B, Tn, Hq, Hkv, D, dt, s.raw(), nullptr);
   }
-  if (Tape* tape = recording({&q, &k, &v})) {
+  if (Tape* tape = Tape::recording({&q, &k, &v})) {
     SavedTensor sq = tape->save(q), sk = tape->save(k), sv = tape->save(v), sp = tape->save(probs);
     tape->record(OpId::attention, {&q, &k, &v}, {&out}, [sq, sk, sv, sp, B, Tn, Hq, Hkv, D](BackwardCtx& ctx) {
       const Tensor dout = ctx.grad_out();
@@ -235,7 +231,7 @@ Tensor embedding(const Tensor& ids, const Tensor& table) {
   ys.push_back(C);
   Tensor y = Tensor::empty(ys, table.dtype(), Device::cuda);
   cuda::embedding_forward(static_cast<const int32_t*>(ids.raw()), table.raw(), y.raw(), n, C, table.dtype(), nullptr);
-  if (Tape* tape = recording({&table})) {
+  if (Tape* tape = Tape::recording({&table})) {
     SavedTensor sids = tape->save(ids);
     tape->record(OpId::embedding, {&ids, &table}, {&y}, [sids, n, C](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -256,7 +252,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
   Tensor y = Tensor::empty(x.shape(), x.dtype(), Device::cuda);
   Tensor rstd = Tensor::empty({rows}, DType::f32, Device::cuda);
   cuda::rms_norm_forward(x.raw(), w.raw(), y.raw(), static_cast<float*>(rstd.raw()), rows, C, eps, x.dtype(), nullptr);
-  if (Tape* tape = recording({&x, &w})) {
+  if (Tape* tape = Tape::recording({&x, &w})) {
     SavedTensor sx = tape->save(x), sw = tape->save(w), sr = tape->save(rstd);
     tape->record(OpId::rms_norm, {&x, &w}, {&y}, [sx, sw, sr, rows, C](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
@@ -290,7 +286,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t V, dou
   for (double v : l) s += v;
   Tensor loss = Tensor::empty({1}, DType::f32);
   loss.data<float>()[0] = static_cast<float>(s * weight);
-  if (Tape* tape = recording({&logits})) {
+  if (Tape* tape = Tape::recording({&logits})) {
     SavedTensor sl = tape->save(logits), st = tape->save(targets), slse = tape->save(lse);
     tape->record(OpId::cross_entropy, {&logits, &targets}, {&loss}, [sl, st, slse, N, Vp, V, weight](BackwardCtx& ctx) {
       const Tensor dloss = ctx.grad_out();  // host [1] (the loss lives on the host)
