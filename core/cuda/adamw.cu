@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/cuda/optim_kernels.h"
+#include "core/cuda/optim_table.cuh"
 #include "core/cuda/reduce.cuh"
 
 namespace ptrain::cuda {
@@ -52,25 +53,11 @@ struct Scalars {
   int decay_on;    // weight_decay != 0      (tensors with the decay flag decay)
 };
 
-/// The tensor of chunk c: the last entry whose chunk0 <= c (empty tensors own no chunk, so
-/// they are skipped: an empty entry shares its chunk0 with the next one). c < total chunks.
-__device__ __forceinline__ int64_t tensor_of_chunk(const OptimTensorDesc* __restrict__ table, int64_t n, int64_t c) {
-  int64_t lo = 0, hi = n - 1;  // invariant: table[lo].chunk0 <= c (table[0].chunk0 == 0)
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo + 1) / 2;
-    if (table[mid].chunk0 <= c)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
-}
-
 template <class G, class P>
 __global__ void adamw_multi_tensor_kernel(const OptimTensorDesc* __restrict__ table, int64_t ntensors,
                                           int64_t nchunks, Scalars s) {
   for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {  // uniform across the block
-    const OptimTensorDesc d = table[tensor_of_chunk(table, ntensors, c)];
+    const OptimTensorDesc d = table[kern::tensor_of_chunk(table, ntensors, c)];
     const int64_t begin = (c - d.chunk0) * kOptimChunk;
     const int64_t end = begin + kOptimChunk < d.numel ? begin + kOptimChunk : d.numel;
     float* __restrict__ p = d.master;        // [numel]

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "core/cuda/optim_kernels.h"
+#include "core/cuda/optim_table.cuh"
 #include "core/cuda/reduce.cuh"
 
 namespace ptrain::cuda {
@@ -35,18 +36,6 @@ constexpr unsigned kNormThreads = 256;   // threads per chunk block: 16 elements
 constexpr unsigned kFinalThreads = 256;  // threads of the one final block
 
 /// The tensor of chunk c (see adamw.cu: the last entry whose chunk0 <= c).
-__device__ __forceinline__ int64_t norm_tensor_of_chunk(const OptimTensorDesc* __restrict__ table, int64_t n,
-                                                        int64_t c) {
-  int64_t lo = 0, hi = n - 1;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo + 1) / 2;
-    if (table[mid].chunk0 <= c)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
-}
 
 /// Sum of v over the block in a fixed tree (blockDim.x a power of two, <= 1024); every thread
 /// gets the same bits. Called by every thread at the same site; ends with a barrier.
@@ -68,7 +57,7 @@ __global__ void grad_sum_squares_partial_kernel(const OptimTensorDesc* __restric
                                                 int64_t nchunks, double* __restrict__ partial) {
   PT_SHARED(double, red, [kNormThreads]);
   for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {  // uniform across the block
-    const OptimTensorDesc d = table[norm_tensor_of_chunk(table, ntensors, c)];
+    const OptimTensorDesc d = table[kern::tensor_of_chunk(table, ntensors, c)];
     const int64_t begin = (c - d.chunk0) * kOptimChunk;
     const int64_t end = begin + kOptimChunk < d.numel ? begin + kOptimChunk : d.numel;
     const G* __restrict__ g = static_cast<const G*>(d.grad);  // [numel]

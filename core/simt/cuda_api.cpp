@@ -35,19 +35,6 @@
 
 #include "core/simt/internal.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define PTRAIN_SIMT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PTRAIN_SIMT_ASAN 1
-#endif
-#endif
-#ifndef PTRAIN_SIMT_ASAN
-#define PTRAIN_SIMT_ASAN 0
-#endif
-#if PTRAIN_SIMT_ASAN
-#include <sanitizer/asan_interface.h>
-#endif
 #if PTRAIN_SIMT_ASAN || defined(__SANITIZE_UNDEFINED__)
 #include <sanitizer/common_interface_defs.h>
 #define PTRAIN_SIMT_SANITIZER 1

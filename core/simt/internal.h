@@ -8,6 +8,22 @@
 
 #include "core/simt/simt.h"
 
+// AddressSanitizer in this build (GCC: __SANITIZE_ADDRESS__; Clang: __has_feature).
+#if defined(__SANITIZE_ADDRESS__)
+#define PTRAIN_SIMT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PTRAIN_SIMT_ASAN 1
+#endif
+#endif
+#ifndef PTRAIN_SIMT_ASAN
+#define PTRAIN_SIMT_ASAN 0
+#endif
+#if PTRAIN_SIMT_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 namespace ptrain::simt::internal {
 
 /// A queued kernel, executed at the next synchronisation.

@@ -26,20 +26,6 @@
 
 #include "core/simt/internal.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define PTRAIN_SIMT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PTRAIN_SIMT_ASAN 1
-#endif
-#endif
-#ifndef PTRAIN_SIMT_ASAN
-#define PTRAIN_SIMT_ASAN 0
-#endif
-#if PTRAIN_SIMT_ASAN
-#include <sanitizer/asan_interface.h>
-#include <sanitizer/common_interface_defs.h>
-#endif
 
 namespace ptrain::simt {
 namespace detail {

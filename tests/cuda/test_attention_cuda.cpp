@@ -46,6 +46,7 @@
 #if PTRAIN_CUDA_EMULATED
 #include "core/simt/simt.h"
 #endif
+#include "tests/cuda/device_test_util.h"
 
 namespace ptrain::cuda {
 namespace {
@@ -55,34 +56,9 @@ namespace {
     if (device_count() == 0) GTEST_SKIP() << "no CUDA device (real or emulated)"; \
   } while (0)
 
-size_t dev_size(DType t) { return t == DType::f32 ? 4 : 2; }
-
-std::vector<uint8_t> encode(const std::vector<float>& v, DType t) {
-  std::vector<uint8_t> out(v.size() * dev_size(t));
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (t == DType::f32) {
-      std::memcpy(&out[i * 4], &v[i], 4);
-    } else {
-      const uint16_t b = t == DType::bf16 ? float_to_bf16_bits(v[i]) : float_to_f16_bits(v[i]);
-      std::memcpy(&out[i * 2], &b, 2);
-    }
-  }
-  return out;
-}
-std::vector<float> decode(const std::vector<uint8_t>& raw, DType t) {
-  const size_t n = raw.size() / dev_size(t);
-  std::vector<float> out(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (t == DType::f32) {
-      std::memcpy(&out[i], &raw[i * 4], 4);
-    } else {
-      uint16_t b;
-      std::memcpy(&b, &raw[i * 2], 2);
-      out[i] = t == DType::bf16 ? bf16_bits_to_float(b) : f16_bits_to_float(b);
-    }
-  }
-  return out;
-}
+using test::decode;
+using test::dev_size;
+using test::encode;
 
 /// A device buffer (freed at scope end); fresh contents are 0xFF bytes (NaN) unless uploaded.
 struct DevBuf {

@@ -44,6 +44,7 @@
 #include "core/cuda/ops.h"
 #include "core/dtype.h"
 #include "core/rng.h"
+#include "tests/cuda/device_test_util.h"
 #include "tests/cuda/op_tolerances.h"
 
 #if PTRAIN_CUDA_EMULATED
@@ -58,93 +59,13 @@ using ptrain::testing::OpTolerance;
 
 // ------------------------------------------------------------------ CUDA plumbing
 
-void cuda_ok(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return;
-  std::string msg = std::string(what) + " failed: " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
-#if PTRAIN_CUDA_EMULATED
-  msg += std::string("\n") + ptrain::simt::fault_message();
-#endif
-  throw std::runtime_error(msg);
-}
-#define CU(expr) cuda_ok((expr), #expr)
-
-int visible_devices() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  return n;
-}
+using namespace ptrain::cuda::test;
 
 #define SKIP_WITHOUT_DEVICE()                                                                            \
   do {                                                                                                   \
     if (visible_devices() == 0)                                                                          \
       GTEST_SKIP() << "cudaGetDeviceCount reports no CUDA device: the CUDA ops cannot run on this machine"; \
   } while (0)
-
-/// Owns one cudaMalloc'ed buffer.
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-    if (bytes_ > 0) CU(cudaMalloc(&p_, bytes_));
-  }
-  ~DeviceBuffer() {
-    if (p_) (void)cudaFree(p_);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void* get() const { return p_; }
-  template <class T> T* as() const { return static_cast<T*>(p_); }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-using Bytes = std::vector<uint8_t>;
-
-size_t dev_size(DType dt) { return element_size(dt, Device::cuda); }
-
-/// Host floats (already on the grid of dt) -> the device's bytes for dt.
-Bytes encode(const std::vector<float>& v, DType dt) {
-  const size_t es = dev_size(dt);
-  Bytes b(v.size() * es);
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (dt == DType::f32) {
-      std::memcpy(&b[i * es], &v[i], 4);
-    } else if (dt == DType::bf16) {
-      const __nv_bfloat16 h = __float2bfloat16_rn(v[i]);
-      std::memcpy(&b[i * es], &h, 2);
-    } else {
-      const __half h = __float2half_rn(v[i]);
-      std::memcpy(&b[i * es], &h, 2);
-    }
-  }
-  return b;
-}
-
-std::vector<double> decode(const Bytes& b, DType dt) {
-  const size_t es = dev_size(dt), n = b.size() / es;
-  std::vector<double> v(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (dt == DType::f32) {
-      float f;
-      std::memcpy(&f, &b[i * es], 4);
-      v[i] = f;
-    } else if (dt == DType::bf16) {
-      __nv_bfloat16 h;
-      std::memcpy(static_cast<void*>(&h), &b[i * es], 2);
-      v[i] = __bfloat162float(h);
-    } else {
-      __half h;
-      std::memcpy(static_cast<void*>(&h), &b[i * es], 2);
-      v[i] = __half2float(h);
-    }
-  }
-  return v;
-}
 
 template <class T> Bytes raw_bytes(const std::vector<T>& v) {
   Bytes b(v.size() * sizeof(T));
@@ -270,7 +191,8 @@ template <class F> std::vector<double> cpu_result(Backend be, DType dt, bool rou
 
 Output device_output(const std::string& name, const DeviceBuffer& d, DType dt) {
   Output o{name, {}, download(d)};
-  o.values = decode(o.raw, dt);
+  const std::vector<float> f = decode(o.raw, dt);
+  o.values.assign(f.begin(), f.end());
   return o;
 }
 

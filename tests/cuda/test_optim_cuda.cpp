@@ -43,6 +43,7 @@
 #include "core/tensor.h"
 #include "optim/adamw.h"
 #include "optim/grad_clip.h"
+#include "tests/cuda/device_test_util.h"
 #include "tests/cuda/op_tolerances.h"
 
 #if PTRAIN_CUDA_EMULATED
@@ -57,90 +58,13 @@ using ptrain::testing::OpTolerance;
 
 // ------------------------------------------------------------------ CUDA plumbing
 
-void cuda_ok(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return;
-  std::string msg = std::string(what) + " failed: " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
-#if PTRAIN_CUDA_EMULATED
-  msg += std::string("\n") + ptrain::simt::fault_message();
-#endif
-  throw std::runtime_error(msg);
-}
-#define CU(expr) cuda_ok((expr), #expr)
-
-int visible_devices() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  return n;
-}
+using namespace ptrain::cuda::test;
 
 #define SKIP_WITHOUT_DEVICE()                                                                                  \
   do {                                                                                                         \
     if (visible_devices() == 0)                                                                                \
       GTEST_SKIP() << "cudaGetDeviceCount reports no CUDA device: the optimizer kernels cannot run on this machine"; \
   } while (0)
-
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-    if (bytes_ > 0) CU(cudaMalloc(&p_, bytes_));
-  }
-  ~DeviceBuffer() {
-    if (p_) (void)cudaFree(p_);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  void* get() const { return p_; }
-  template <class T> T* as() const { return static_cast<T*>(p_); }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-using Bytes = std::vector<uint8_t>;
-
-size_t dev_size(DType dt) { return element_size(dt, Device::cuda); }
-
-/// Host floats (already on the grid of dt) -> the device's bytes for dt.
-Bytes encode(const float* v, int64_t n, DType dt) {
-  const size_t es = dev_size(dt);
-  Bytes b(static_cast<size_t>(n) * es);
-  for (int64_t i = 0; i < n; ++i) {
-    if (dt == DType::f32) {
-      std::memcpy(&b[i * es], &v[i], 4);
-    } else if (dt == DType::bf16) {
-      const __nv_bfloat16 h = __float2bfloat16_rn(v[i]);
-      std::memcpy(&b[i * es], &h, 2);
-    } else {
-      const __half h = __float2half_rn(v[i]);
-      std::memcpy(&b[i * es], &h, 2);
-    }
-  }
-  return b;
-}
-
-std::vector<float> decode(const Bytes& b, DType dt) {
-  const size_t es = dev_size(dt), n = b.size() / es;
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) {
-    if (dt == DType::f32) {
-      std::memcpy(&v[i], &b[i * es], 4);
-    } else if (dt == DType::bf16) {
-      __nv_bfloat16 h;
-      std::memcpy(static_cast<void*>(&h), &b[i * es], 2);
-      v[i] = __bfloat162float(h);
-    } else {
-      __half h;
-      std::memcpy(static_cast<void*>(&h), &b[i * es], 2);
-      v[i] = __half2float(h);
-    }
-  }
-  return v;
-}
 
 void to_device(const DeviceBuffer& d, const Bytes& b) {
   if (!b.empty()) CU(cudaMemcpy(d.get(), b.data(), b.size(), cudaMemcpyHostToDevice));
