@@ -978,6 +978,16 @@ void validate(const Config& c, const ValidationContext& ctx) {
   if (m.mlp) check_registered("model.mlp", *m.mlp, ctx.mlps, "MLP layer");
   if (m.attention) check_registered("model.attention", *m.attention, ctx.attentions, "attention layer");
 
+  // The fp16 loss scale moves by factors of 2 and is divided out of the gradient norm and the
+  // optimizer's gradient read exactly; that needs a power of two.
+  {
+    int e = 0;
+    if (std::frexp(o.loss_scale.initial, &e) != 0.5)
+      fail(fmt::format("optim.loss_scale.initial: {} is not a power of two (unscaling must be exact). HINT: use "
+                       "65536 (2^16) or another power of two",
+                       o.loss_scale.initial));
+  }
+
   // Model shapes.
   const int kv = m.resolved_kv_heads();
   if (m.hidden % m.heads != 0)

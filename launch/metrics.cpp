@@ -83,4 +83,29 @@ std::vector<std::string> read_metric_lines(const std::string& path) {
   return r;
 }
 
+double model_flops_per_token(int64_t params, int64_t layers, int64_t hidden, int64_t seq_len) {
+  return 6.0 * static_cast<double>(params) +
+         12.0 * static_cast<double>(layers) * static_cast<double>(hidden) * static_cast<double>(seq_len);
+}
+
+std::optional<double> gpu_peak_flops(const std::string& device_name, DType precision, bool tf32) {
+  // Dense (no structured sparsity) vendor figures, TFLOP/s: {name part, bf16/fp16 with fp32
+  // accumulation, tf32, fp32}. More specific names first ("H100 PCIe" before "H100").
+  struct Peak {
+    const char* name;
+    double half, tf32, fp32;
+  };
+  static constexpr Peak kPeaks[] = {
+      {"RTX 4090", 165.2, 82.6, 82.6},  {"RTX 3090", 71.0, 35.6, 35.6}, {"L40S", 362.05, 183.0, 91.6},
+      {"H100 PCIe", 756.5, 378.0, 51.2}, {"H100", 989.4, 494.7, 66.9},  {"H200", 989.4, 494.7, 66.9},
+      {"A100", 312.0, 156.0, 19.5},
+  };
+  for (const Peak& p : kPeaks) {
+    if (device_name.find(p.name) == std::string::npos) continue;
+    const double t = is_low_precision(precision) ? p.half : (tf32 ? p.tf32 : p.fp32);
+    return t * 1e12;
+  }
+  return std::nullopt;
+}
+
 }  // namespace ptrain::launch

@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace ptrain::launch {
 
 /// A JSON object built field by field with exact float formatting.
@@ -41,6 +43,14 @@ class MetricsWriter {
  private:
   std::FILE* f_ = nullptr;
 };
+
+/// Model FLOPs per token of a training step (DESIGN.md): 6·N + 12·layers·hidden·seq_len
+/// (forward and backward of the weights, plus attention's scores and weighted sums).
+double model_flops_per_token(int64_t params, int64_t layers, int64_t hidden, int64_t seq_len);
+/// Dense peak FLOP/s of a GPU (by its CUDA device name) for a training precision: bf16/fp16
+/// tensor cores with fp32 accumulation, fp32 (TF32 tensor cores when `tf32`). nullopt for a
+/// GPU the table does not know (MFU is then not reported). Table: launch/metrics.cpp.
+std::optional<double> gpu_peak_flops(const std::string& device_name, DType precision, bool tf32);
 
 /// Reads metrics.jsonl rows (tests and tools): each line parsed as JSON text.
 std::vector<std::string> read_metric_lines(const std::string& path);

@@ -14,6 +14,12 @@
 #include <thread>
 
 #include "core/autograd.h"
+#if PTRAIN_HAVE_CUDA
+#include "core/cuda/device.h"
+#include "core/cuda/device_memory.h"
+#include "core/cuda/gemm.h"
+#include "core/cuda/launch_stats.h"
+#endif
 #include "data/token_file.h"
 #include "launch/checkpoint.h"
 #include "launch/weights_io.h"
@@ -54,6 +60,44 @@ int resolve_threads(const Config& cfg, int local_ranks) {
 
 }  // namespace
 
+Device resolve_device(DeviceChoice choice, int world_size) {
+  if (choice == DeviceChoice::cpu) return Device::cpu;
+#if PTRAIN_HAVE_CUDA
+  constexpr bool have_cuda = true;
+  const bool emulated = cuda::emulated();
+  const int gpus = cuda::device_count();
+#else
+  constexpr bool have_cuda = false;
+  const bool emulated = false;
+  const int gpus = 0;
+#endif
+  if (choice == DeviceChoice::automatic) {
+    // the emulated device only when asked for by name: it is a test vehicle, not a speed-up
+    return !emulated && gpus > 0 && world_size == 1 ? Device::cuda : Device::cpu;
+  }
+  PT_USER_CHECK(have_cuda, "device: cuda, but this ptrain was built without the CUDA backend. HINT: build with "
+                "nvcc on the PATH (PTRAIN_CUDA=AUTO|ON), or set device: cpu");
+  PT_USER_CHECK(gpus > 0, "device: cuda, but no CUDA device is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES "
+                "hides them). HINT: check nvidia-smi, or set device: cpu");
+  PT_USER_CHECK(world_size == 1,
+                "device: cuda with {} ranks: device tensors cannot cross ranks yet (the NCCL path of the parallel "
+                "layouts is not built), so a multi-rank run trains on the CPU only. HINT: run one rank (no mpirun) "
+                "for a GPU run, or set device: cpu for a multi-rank one",
+                world_size);
+  return Device::cuda;
+}
+
+std::string describe_gpu() {
+#if PTRAIN_HAVE_CUDA
+  const auto info = cuda::device_info(0);
+  return fmt::format("{}{}, {:.1f} GiB, compute capability {}.{}", info.name,
+                     cuda::emulated() ? " (emulated: the SIMT runtime runs the kernels on the CPU)" : "",
+                     static_cast<double>(info.total_memory) / (1024.0 * 1024.0 * 1024.0), info.major, info.minor);
+#else
+  return "no CUDA backend";
+#endif
+}
+
 layers::ModelSpec model_spec(const Config& cfg) {
   layers::ModelSpec s;
   const auto& m = cfg.model;
@@ -92,10 +136,7 @@ Trainer::Trainer(Config cfg, RunOptions opt, std::unique_ptr<parallel::Communica
 Trainer::~Trainer() = default;
 
 void Trainer::check_inputs() {
-  PT_USER_CHECK(cfg_.device != DeviceChoice::cuda,
-                "device: cuda: training on the CUDA device is not implemented yet (the CUDA backend has its first "
-                "kernels and the device allocator; the remaining ops and device training come next). HINT: set "
-                "device: cpu or auto");
+  device_ = resolve_device(cfg_.device, opt_.world_size);
   PT_USER_CHECK(opt_.world_size == 1 || world_in_,
                 "a world of {} ranks was announced but no communicator was given (internal)", opt_.world_size);
 
@@ -199,6 +240,14 @@ void Trainer::setup() {
 
   // ---- model and optimizer ----
   spec_ = model_spec(cfg_);
+  spec_.device = device_;
+#if PTRAIN_HAVE_CUDA
+  if (device_ == Device::cuda) {
+    cuda::set_allow_tf32(cfg_.train.tf32);
+    if (!cuda::emulated())
+      peak_flops_ = gpu_peak_flops(cuda::device_info(0).name, spec_.dtype, cfg_.train.tf32).value_or(0.0);
+  }
+#endif
   const auto& g = grid_->shape();
   const auto& c = grid_->coord();
   const int v = cfg_.parallel.virtual_stages;
@@ -235,7 +284,8 @@ void Trainer::setup() {
     TrainParam p;
     p.name = np.name;
     p.param = np.param;
-    p.master = is_low_precision(spec_.dtype) ? Tensor::zeros(np.param->value.shape(), DType::f32) : np.param->value;
+    p.master = is_low_precision(spec_.dtype) ? Tensor::zeros(np.param->value.shape(), DType::f32, device_)
+                                             : np.param->value;
     p.grad = np.param->value.grad_buffer(cfg_.train.grad_dtype);
     const bool tp_unique = np.param->sharding.sharded() || tp_rank == 0;
     p.norm_owner = !np.param->tied_replica && tp_unique && dp_rank == 0;
@@ -264,7 +314,8 @@ void Trainer::setup() {
   std::vector<optim::ParamRef> refs;
   for (auto& p : params_) {
     if (!zero_) {
-      refs.push_back({p.name, p.master, p.grad});
+      // the optimizer writes the forward's low-precision copy in the same pass as the update
+      refs.push_back({p.name, p.master, p.grad, std::nullopt, p.master.same(p.param->value) ? Tensor() : p.param->value});
       continue;
     }
     // ZeRO-1: the optimizer sees only this DP rank's flat range (same decay rule as the whole)
@@ -300,9 +351,14 @@ void Trainer::setup() {
     metrics_ = std::make_unique<MetricsWriter>((fs::path(dir) / "metrics.jsonl").string(), start_step_);
   }
   if (opt_.rank == 0 && !opt_.quiet) {
-    fmt::print("ptrain: {} {} params ({} layers, hidden {}, heads {}/{}), precision {}, device cpu, {} threads\n",
+    fmt::print("ptrain: {} {} params ({} layers, hidden {}, heads {}/{}), precision {}, device {}, {} threads\n",
                spec_.arch, si(static_cast<double>(num_params_)), spec_.layers, spec_.hidden, spec_.heads,
-               spec_.kv_heads, dtype_name(spec_.dtype), threads);
+               spec_.kv_heads, dtype_name(spec_.dtype), device_ == Device::cuda ? "cuda" : "cpu", threads);
+    if (device_ == Device::cuda)
+      fmt::print("ptrain: {}; MFU {}\n", describe_gpu(),
+                 peak_flops_ > 0 ? fmt::format("against a peak of {:.1f} TFLOP/s ({})", peak_flops_ / 1e12,
+                                               dtype_name(spec_.dtype))
+                                 : std::string("not reported (no peak FLOP/s known for this device)"));
     if (opt_.world_size > 1)
       fmt::print("ptrain: {} ranks = dp {} x pp {} x tp {}{}, schedule {}{}, theoretical bubble {:.3f}{}\n",
                  opt_.world_size, g.dp, g.pp, g.tp, spec_.sequence_parallel ? " (sequence parallel)" : "",
@@ -329,6 +385,8 @@ void Trainer::build_grid() {
 }
 
 void Trainer::init_weights() {
+  // drawn or read on the host (the CPU path's exact values), then placed where the master lives
+  auto host_of = [](const Tensor& t) { return t.device() == Device::cpu ? t : Tensor::zeros(t.shape(), t.dtype()); };
   if (cfg_.train.init_from) {
     auto ws = model_->external_weights();
     std::vector<Tensor> targets;
@@ -340,13 +398,19 @@ void Trainer::init_weights() {
     auto extra = load_external_weights(*cfg_.train.init_from, ws, targets);
     for (size_t i = 0; i < ws.size(); ++i) {
       auto& p = params_[param_index_.at(ws[i].param->value.id())];
-      p.param->slice_from_full(targets[i], p.master);
+      Tensor h = host_of(p.master);
+      p.param->slice_from_full(targets[i], h);
+      if (!h.same(p.master)) p.master.copy_from(h);
     }
     if (!extra.empty() && opt_.rank == 0 && !opt_.quiet)
       fmt::print("warning: train.init_from: {} tensors in {} are not used by the model (first: {})\n", extra.size(),
                  *cfg_.train.init_from, extra.front());
   } else {
-    for (auto& p : params_) layers::init_parameter(p.master, *p.param, cfg_.train.seed, p.name);
+    for (auto& p : params_) {
+      Tensor h = host_of(p.master);
+      layers::init_parameter(h, *p.param, cfg_.train.seed, p.name);
+      if (!h.same(p.master)) p.master.copy_from(h);
+    }
   }
   for (auto& p : params_)
     if (!p.master.same(p.param->value)) p.param->value.copy_from(p.master);
@@ -383,12 +447,24 @@ std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<T
   for (const auto& w : model_->external_weights())
     if (w.rows >= 0) vocab_rows[w.param] = w.rows;
   moments.clear();
+  staged_.clear();
+  // Checkpoint files are written from and read into host memory: device tensors are copied
+  // down (write) or read into host buffers that resume_from uploads (read, staged_).
+  auto host = [&](const Tensor& t) -> Tensor {
+    if (t.device() == Device::cpu) return t;
+    if (for_write) return t.to_device(Device::cpu);
+    Tensor h = Tensor::zeros(t.shape(), t.dtype());
+    staged_.emplace_back(h, t);
+    return h;
+  };
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i];
     Tensor m, v;
     if (for_write) {
       std::tie(m, v) = full_moments(i);  // a collective over DP under ZeRO-1: every rank calls it
       if (!p.writer) continue;
+      m = host(m);
+      v = host(v);
     } else {
       m = Tensor::zeros(p.master.shape());
       v = Tensor::zeros(p.master.shape());
@@ -413,8 +489,9 @@ std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<T
         e.push_back({group, p.name, block, full, off, store, true});
       }
     };
-    add("param", p.param->value, spec_.dtype);
-    if (low) add("master", p.master, DType::f32);
+    // low precision: weights are resumed from the fp32 masters ("param" is written, not read)
+    add("param", low && !for_write ? p.param->value : host(p.param->value), spec_.dtype);
+    if (low) add("master", host(p.master), DType::f32);
     add("exp_avg", m, DType::f32);
     add("exp_avg_sq", v, DType::f32);
   }
@@ -462,6 +539,8 @@ void Trainer::resume_from(int64_t step) {
     want.push_back(e);
   }
   read_checkpoint(dir, step, want);
+  for (auto& [h, d] : staged_) d.copy_from(h);  // device runs: read on the host, placed on the device
+  staged_.clear();
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i];
     Tensor m = moments[2 * i], v = moments[2 * i + 1];
@@ -486,8 +565,8 @@ void Trainer::resume_from(int64_t step) {
 MicroBatch Trainer::micro_batch(const std::vector<int32_t>& in, const std::vector<int32_t>& tg, int64_t m) const {
   const int64_t T = cfg_.train.seq_len;
   const auto b = static_cast<ptrdiff_t>(m * micro_ * T), e = static_cast<ptrdiff_t>((m + 1) * micro_ * T);
-  return {Tensor::from_vector_i32(std::vector<int32_t>(in.begin() + b, in.begin() + e), {micro_, T}),
-          Tensor::from_vector_i32(std::vector<int32_t>(tg.begin() + b, tg.begin() + e), {micro_, T})};
+  return {Tensor::from_vector_i32(std::vector<int32_t>(in.begin() + b, in.begin() + e), {micro_, T}).to_device(device_),
+          Tensor::from_vector_i32(std::vector<int32_t>(tg.begin() + b, tg.begin() + e), {micro_, T}).to_device(device_)};
 }
 
 void Trainer::sync_grads() {
@@ -503,7 +582,7 @@ void Trainer::sync_grads() {
   }
 }
 
-double Trainer::grad_norm() {
+double Trainer::grad_norm(double loss_scale) {
   std::vector<optim::ParamRef> mine;
   for (auto& p : params_)
     if (p.norm_owner) mine.push_back({p.name, p.master, p.grad});
@@ -521,13 +600,15 @@ double Trainer::grad_norm() {
     grid_->world().broadcast(t, 0);
     ss = t.to_double_vector()[0];
   }
-  return std::sqrt(ss);
+  // The gradients still carry the fp16 loss scale, a power of two: dividing the sum of squares
+  // by its square is exact, so this is the norm of the unscaled gradients, bit for bit.
+  return std::sqrt(ss / (loss_scale * loss_scale));
 }
 
-void Trainer::optimizer_step(double lr) {
+void Trainer::optimizer_step(double lr, double grad_scale) {
   {
     parallel::Timeline::Scope span(&timeline_, "optimizer", "optimizer");
-    adam_->step(lr);
+    adam_->step(lr, grad_scale);  // also writes the low-precision weights (ParamRef::model)
   }
   if (zero_) {
     parallel::Timeline::Scope span(&timeline_, "zero all-gather", "comm");
@@ -544,9 +625,9 @@ void Trainer::optimizer_step(double lr) {
         std::copy_n(o + r * chunk, e - b, f + b);
       }
     }
+    for (auto& p : params_)  // the gathered masters -> the forward's weights
+      if (!p.master.same(p.param->value)) p.param->value.copy_from(p.master);
   }
-  for (auto& p : params_)
-    if (!p.master.same(p.param->value)) p.param->value.copy_from(p.master);
 }
 
 double Trainer::train_step(int64_t s) {
@@ -562,8 +643,8 @@ double Trainer::train_step(int64_t s) {
   const bool fp16 = spec_.dtype == DType::f16;
   const double loss_scale = fp16 ? scaler_.scale() : 1.0;
   const double weight = 1.0 / static_cast<double>(G * T);
-  stage_->set_batch(Tensor::from_vector_i32(in, {local, T}), Tensor::from_vector_i32(tg, {local, T}), micro_, weight,
-                    loss_scale);
+  stage_->set_batch(Tensor::from_vector_i32(in, {local, T}).to_device(device_),
+                    Tensor::from_vector_i32(tg, {local, T}).to_device(device_), micro_, weight, loss_scale);
   if (reducer_) reducer_->begin_step();
   const auto stats = parallel::run_schedule(sched_, *stage_, grid_->pp(), &timeline_);
   sync_grads();
@@ -577,8 +658,7 @@ double Trainer::train_step(int64_t s) {
   } else {
     last_bubble_ = stats.bubble();
   }
-  if (fp16) optim::scale_grads(refs, 1.0 / loss_scale);  // unscale (rounds back to the gradient dtype)
-  const double norm = grad_norm();
+  const double norm = grad_norm(loss_scale);
   last_grad_norm_ = norm;
   const bool finite = std::isfinite(norm) && std::isfinite(loss_sum);
   if (fp16) {
@@ -591,9 +671,10 @@ double Trainer::train_step(int64_t s) {
                             "weights. HINT: lower optim.lr, raise warmup, or use precision fp32/bf16",
                             std::isfinite(loss_sum) ? "gradient" : "loss", s + 1, loss_sum, norm));
   }
-  optim::scale_grads(refs, optim::clip_coefficient(norm, cfg_.optim.grad_clip));
+  // unscale and clip in the optimizer's read of the gradients: g * (float)(coef / scale), with
+  // coef / scale exact (a power-of-two scale), so the same as unscaling, then clipping
   last_lr_ = schedule_.at(adam_->step_count());
-  optimizer_step(last_lr_);
+  optimizer_step(last_lr_, optim::clip_coefficient(norm, cfg_.optim.grad_clip) / loss_scale);
   return loss_sum;
 }
 
@@ -637,13 +718,28 @@ double Trainer::evaluate() {
 void Trainer::log_step(int64_t step, double loss, double secs, double val_loss, bool skipped) {
   const int64_t tokens = static_cast<int64_t>(cfg_.train.global_batch) * cfg_.train.seq_len;
   const double tps = static_cast<double>(tokens) / secs;
-  const auto mem = cpu_memory_stats();
+  MemoryStats mem = cpu_memory_stats();
+  int64_t reserved = -1;
+#if PTRAIN_HAVE_CUDA
+  if (device_ == Device::cuda) {  // the device's figures (the caching allocator's)
+    const auto st = cuda::device_allocator().stats();
+    mem.allocated = static_cast<int64_t>(st.allocated);
+    mem.peak = static_cast<int64_t>(st.peak_allocated);
+    reserved = static_cast<int64_t>(st.reserved);
+  }
+#endif
   if (metrics_) {
     MetricsRow r;
     r.add("step", step).add("loss", loss).add("lr", last_lr_).add("grad_norm", last_grad_norm_);
     r.add("tokens_per_s", tps).add("step_time_s", secs);
-    r.add_null("mfu");  // no peak FLOP/s table for CPUs: MFU is reported on GPUs only
+    // MFU = tokens/s * (6 N + 12 layers hidden seq_len) / peak; GPUs with a known peak only
+    if (peak_flops_ > 0)
+      r.add("mfu", tps * model_flops_per_token(num_params_, spec_.layers, spec_.hidden, cfg_.train.seq_len) /
+                       peak_flops_);
+    else
+      r.add_null("mfu");
     r.add("mem_allocated_bytes", mem.allocated).add("mem_peak_bytes", mem.peak);
+    if (reserved >= 0) r.add("mem_reserved_bytes", reserved);
     if (std::isfinite(val_loss)) r.add("val_loss", val_loss);
     if (spec_.dtype == DType::f16) r.add("loss_scale", scaler_.scale()).add("skipped", skipped);
     if (sched_.pp > 1) r.add("bubble", last_bubble_).add("bubble_theory", parallel::theoretical_bubble(sched_));

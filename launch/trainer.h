@@ -104,8 +104,10 @@ class Trainer {
   void log_step(int64_t step, double loss, double secs, double val_loss, bool skipped);
   void build_grid();
   void sync_grads();
-  double grad_norm();
-  void optimizer_step(double lr);
+  /// Pre-clip global norm of the unscaled gradients (they still carry `loss_scale`).
+  double grad_norm(double loss_scale);
+  /// AdamW at `lr` reading grad * grad_scale; ZeRO-1 then all-gathers the masters.
+  void optimizer_step(double lr, double grad_scale);
   /// Full local moments of parameter i (ZeRO-1: gathered over DP; else the optimizer's own).
   std::pair<Tensor, Tensor> full_moments(size_t i);
   bool zero() const { return zero_; }
@@ -113,6 +115,9 @@ class Trainer {
   Config cfg_;
   RunOptions opt_;
   std::unique_ptr<parallel::Communicator> world_in_;
+  Device device_ = Device::cpu;  ///< where the model, gradients and optimizer state live
+  double peak_flops_ = 0;        ///< the GPU's dense peak for this precision (0: unknown, no MFU)
+  std::vector<std::pair<Tensor, Tensor>> staged_;  ///< (host, device) buffers of a checkpoint read
   std::unique_ptr<parallel::Grid> grid_;
   std::vector<std::vector<int>> chunk_blocks_;
   std::unique_ptr<ModelStage> stage_;
@@ -143,6 +148,14 @@ class Trainer {
   int64_t timed_steps_ = 0;
   bool setup_done_ = false;
 };
+
+/// The device a run uses (DESIGN.md, "Builds and devices"): `auto` is a real GPU when the build
+/// has the nvcc backend, the machine has one and the run is single-rank, else the CPU; `cuda`
+/// is the GPU, or in an emulated build the SIMT runtime on the CPU. Throws UserError for
+/// `cuda` without a CUDA build or device, or with more than one rank.
+Device resolve_device(DeviceChoice choice, int world_size);
+/// "NVIDIA GeForce RTX 4090, 23.6 GiB, compute capability 8.9" (or the emulated device).
+std::string describe_gpu();
 
 /// Parameters counted once, without vocabulary padding (for MFU and the banner).
 int64_t count_parameters(layers::CausalLM& model);

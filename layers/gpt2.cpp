@@ -45,7 +45,7 @@ class GPT2 : public CausalLM {
     const int64_t B = ctx.batch, T = ctx.seq_len;
     std::vector<int32_t> pos(static_cast<size_t>(B * T));
     for (int64_t i = 0; i < B * T; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(i % T);
-    Tensor p = wpe_->forward(Tensor::from_vector_i32(pos, {B * T}));  // [B*T, C]
+    Tensor p = wpe_->forward(Tensor::from_vector_i32(pos, {B * T}).to_device(ids.device()));  // [B*T, C]
     Tensor h = ops::add(ops::view(wte_->forward(ids), {B * T, spec_.hidden}), p);
     return spec_.sequence_parallel && spec_.tp_size() > 1 ? parallel::split_sequence(h, *spec_.tp) : h;
   }

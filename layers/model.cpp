@@ -88,6 +88,9 @@ CausalLM::CausalLM(const ModelSpec& spec) : spec_(spec) {
                                spec.rope_theta);
     else
       cpu::rope_tables<float>(rope_cos_.data<float>(), rope_sin_.data<float>(), spec.max_seq_len, D, spec.rope_theta);
+    // computed on the host (the CPU path's exact values), kept where the model lives
+    rope_cos_ = rope_cos_.to_device(spec.device);
+    rope_sin_ = rope_sin_.to_device(spec.device);
   }
 }
 

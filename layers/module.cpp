@@ -24,12 +24,19 @@ Tensor& Module::register_parameter(const std::string& name, Shape shape, DType d
     local[d] = shape[d] / sharding.parts;
   }
   p->sharding = sharding;
-  p->value = Tensor::zeros(std::move(local), dtype);
+  p->value = Tensor::zeros(std::move(local), dtype, parameter_device());
   p->value.set_requires_grad(true);
   p->init = init;
   params_.push_back(std::move(p));
   return params_.back()->value;
 }
+
+namespace {
+thread_local Device g_parameter_device = Device::cpu;
+}
+Device parameter_device() { return g_parameter_device; }
+ParameterDeviceGuard::ParameterDeviceGuard(Device d) : saved_(g_parameter_device) { g_parameter_device = d; }
+ParameterDeviceGuard::~ParameterDeviceGuard() { g_parameter_device = saved_; }
 
 Parameter& Module::parameter(const std::string& name) {
   for (auto& p : params_)

@@ -69,6 +69,21 @@ struct Parameter {
   void scatter_into_full(const Tensor& local, Tensor& full) const;
 };
 
+/// The device on which register_parameter allocates, for this thread (default Device::cpu).
+/// make_model sets it from ModelSpec::device for the duration of the build, so a module —
+/// built-in or a researcher's own — never names a device: it is built where the model lives.
+Device parameter_device();
+class ParameterDeviceGuard {
+ public:
+  explicit ParameterDeviceGuard(Device d);
+  ~ParameterDeviceGuard();
+  ParameterDeviceGuard(const ParameterDeviceGuard&) = delete;
+  ParameterDeviceGuard& operator=(const ParameterDeviceGuard&) = delete;
+
+ private:
+  Device saved_;
+};
+
 /// A parameter with its full dotted name.
 struct NamedParameter {
   std::string name;
@@ -98,7 +113,8 @@ class Module {
 
  protected:
   /// Declares a parameter of full shape `shape` in `dtype`, of which this rank holds the
-  /// slices `sharding` names; returns its (local) tensor, stable for the module's life.
+  /// slices `sharding` names; returns its (local) tensor, stable for the module's life,
+  /// zero-filled on parameter_device().
   Tensor& register_parameter(const std::string& name, Shape shape, DType dtype, Init init, Sharding sharding = {});
   /// The Parameter record of a registered tensor (to set flags such as tp_partial_grad).
   Parameter& parameter(const std::string& name);

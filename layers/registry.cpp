@@ -72,6 +72,7 @@ std::unique_ptr<CausalLM> make_model(const ModelSpec& spec) {
   if (!e)
     throw UserError(fmt::format("model.arch: '{}' is not a registered architecture (registered: {}). HINT: ptrain --list-layers",
                                 spec.arch, join(layer_names(LayerKind::arch))));
+  ParameterDeviceGuard on(spec.device);
   auto m = e->make(spec, -1);
   auto* lm = dynamic_cast<CausalLM*>(m.get());
   PT_CHECK(lm, "architecture '{}' does not build a CausalLM", spec.arch);

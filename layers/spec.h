@@ -29,6 +29,9 @@ struct ModelSpec {
   std::string attention;  ///< registered attention layer ("" = default)
   std::string mlp;        ///< registered MLP layer ("" = default)
   DType dtype = DType::f32;  ///< dtype of the weights the forward pass uses (f32, bf16, f16; f64 in tests)
+  /// Where parameters (and the RoPE tables) live: make_model builds them there directly (no
+  /// host copy of the whole model on the way). Device::cuda needs a build with the CUDA backend.
+  Device device = Device::cpu;
 
   // ---- this rank's part of the model (parallel layouts); defaults: the whole model ----
   /// Tensor-parallel group (heads, MLP columns and the vocabulary split over its ranks);

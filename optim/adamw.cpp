@@ -46,11 +46,11 @@ inline float fmadd(float a, float b, float c) {
 
 template <bool kDecay>
 void adamw_chunk(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
-                 int64_t n, const Scalars s) {
+                 int64_t n, const Scalars s, const float gs) {
   for (int64_t i = 0; i < n; ++i) {
     float pi = p[i];
     if constexpr (kDecay) pi = pi * s.decay;           // param.mul_(1 - lr*wd)
-    const float gi = g[i];
+    const float gi = g[i] * gs;                        // clip / unscale, folded (x * 1.0f == x)
     const float mi = m[i];
     // exp_avg.lerp_(grad, w): at::lerp_vec = fmadd(small ? w : w-1, end-start, small ? start : end)
     const float m1 = s.w1_small ? fmadd(s.w1, gi - mi, mi) : fmadd(s.w1_m1, gi - mi, gi);
@@ -75,7 +75,8 @@ AdamW::AdamW(AdamWOptions options, std::vector<ParamRef> params) : opt_(options)
   PT_USER_CHECK(opt_.eps >= 0 && std::isfinite(opt_.eps), "optim.eps = {} must be a finite number >= 0", opt_.eps);
   PT_USER_CHECK(opt_.weight_decay >= 0 && std::isfinite(opt_.weight_decay),
                 "optim.weight_decay = {} must be a finite number >= 0", opt_.weight_decay);
-  check_param_refs(params_);
+  device_ = check_param_refs(params_);
+  if (device_ == Device::cuda) table_ = std::make_unique<detail::DeviceTable>();
   std::set<const TensorImpl*> seen;
   for (const ParamRef& p : params_)
     PT_CHECK(seen.insert(p.param.id()).second, "parameter '{}' is listed twice in the optimizer", p.name);
@@ -87,8 +88,8 @@ AdamW::AdamW(AdamWOptions options, std::vector<ParamRef> params) : opt_(options)
 
 void AdamW::ensure_state(size_t i) {
   PT_CHECK(i < params_.size(), "optimizer state index {} out of range ({} parameters)", i, params_.size());
-  if (!m_[i].defined()) m_[i] = Tensor::zeros(params_[i].param.shape(), DType::f32);
-  if (!v_[i].defined()) v_[i] = Tensor::zeros(params_[i].param.shape(), DType::f32);
+  if (!m_[i].defined()) m_[i] = Tensor::zeros(params_[i].param.shape(), DType::f32, device_);
+  if (!v_[i].defined()) v_[i] = Tensor::zeros(params_[i].param.shape(), DType::f32, device_);
 }
 
 Tensor AdamW::exp_avg(size_t i) {
@@ -105,11 +106,19 @@ void AdamW::set_state(size_t i, Tensor m, Tensor v) {
   PT_CHECK(i < params_.size(), "optimizer state index {} out of range ({} parameters)", i, params_.size());
   const ParamRef& p = params_[i];
   for (const Tensor* t : {&m, &v}) {
-    PT_CHECK(t->defined() && t->device() == Device::cpu && is_float(t->dtype()) && t->dtype() != DType::f64,
-             "optimizer state of '{}' must be a defined CPU float tensor", p.name);
+    PT_CHECK(t->defined() && is_float(t->dtype()) && t->dtype() != DType::f64,
+             "optimizer state of '{}' must be a defined float tensor", p.name);
     PT_CHECK(t->shape() == p.param.shape(), "optimizer state of '{}' has shape {}, the parameter {}", p.name,
              shape_str(t->shape()), shape_str(p.param.shape()));
   }
+  if (device_ == Device::cuda) {
+    ensure_state(i);  // the table keeps pointing at the same device tensors
+    m_[i].copy_from(m);
+    v_[i].copy_from(v);
+    return;
+  }
+  PT_CHECK(m.device() == Device::cpu && v.device() == Device::cpu, "optimizer state of '{}': CPU tensors expected",
+           p.name);
   m_[i] = m.dtype() == DType::f32 ? m : m.to(DType::f32);
   v_[i] = v.dtype() == DType::f32 ? v : v.to(DType::f32);
 }
@@ -119,10 +128,16 @@ void AdamW::set_step_count(int64_t t) {
   step_ = t;
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, double grad_scale) {
   PT_CHECK(std::isfinite(lr), "learning rate {} is not finite", lr);
+  PT_CHECK(std::isfinite(grad_scale), "gradient scale {} is not finite", grad_scale);
   check_param_refs(params_);
   ++step_;
+  if (device_ == Device::cuda) {
+    for (size_t i = 0; i < params_.size(); ++i) ensure_state(i);
+    table_->adamw(params_, m_, v_, decay_, lr, opt_.beta1, opt_.beta2, opt_.eps, opt_.weight_decay, step_, grad_scale);
+    return;
+  }
   const double t = static_cast<double>(step_);
   const double bias_correction1 = 1.0 - std::pow(opt_.beta1, t);
   const double bias_correction2 = 1.0 - std::pow(opt_.beta2, t);
@@ -153,10 +168,16 @@ void AdamW::step(double lr) {
     const float* g = params_[i].grad.data<float>() + c.begin;
     float* m = m_[i].data<float>() + c.begin;
     float* v = v_[i].data<float>() + c.begin;
+    const float gs = static_cast<float>(grad_scale);
     if (decay_[i] && opt_.weight_decay != 0.0)
-      adamw_chunk<true>(p, g, m, v, c.end - c.begin, s);
+      adamw_chunk<true>(p, g, m, v, c.end - c.begin, s, gs);
     else
-      adamw_chunk<false>(p, g, m, v, c.end - c.begin, s);
+      adamw_chunk<false>(p, g, m, v, c.end - c.begin, s, gs);
+    if (const Tensor& md = params_[i].model; md.defined()) {  // the forward's copy, rounded once
+      float* w = md.data<float>() + c.begin;
+      std::copy_n(p, c.end - c.begin, w);
+      round_to_dtype(w, c.end - c.begin, md.dtype());
+    }
   }
 }
 

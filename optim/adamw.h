@@ -28,9 +28,11 @@
 //    the step count move.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
+#include "optim/device_optim.h"
 #include "optim/param_ref.h"
 
 namespace ptrain::optim {
@@ -48,9 +50,13 @@ class AdamW {
   /// (optim/param_ref.h) and that no tensor is listed twice.
   AdamW(AdamWOptions options, std::vector<ParamRef> params);
 
-  /// ++step_count, then one fused pass per parameter with learning rate `lr` (formula above).
-  /// The gradients must already be unscaled and clipped.
-  void step(double lr);
+  /// ++step_count, then one fused pass per parameter with learning rate `lr` (formula above),
+  /// reading g = grad * (float)grad_scale in fp32 (the clip coefficient over the fp16 loss
+  /// scale, folded in: the gradient buffers are not rewritten, nor rounded again); refs with
+  /// a `model` get round(master) written into it. On the device: one multi-tensor launch.
+  void step(double lr, double grad_scale = 1.0);
+  /// Where the parameters, gradients and moments live (the ParamRefs' device).
+  Device device() const { return device_; }
 
   /// Completed updates (Adam's t after the last step()).
   int64_t step_count() const { return step_; }
@@ -60,8 +66,9 @@ class AdamW {
   /// is the optimizer's own state (writes through it change the state).
   Tensor exp_avg(size_t i);
   Tensor exp_avg_sq(size_t i);
-  /// Replaces the moments of parameter i (checkpoint load). The handles are adopted when
-  /// they are f32, otherwise converted; shapes must equal the parameter's.
+  /// Replaces the moments of parameter i (checkpoint load). On the CPU the handles are adopted
+  /// when they are f32, otherwise converted; on the device the values are copied into the
+  /// optimizer's device tensors (from host or device). Shapes must equal the parameter's.
   void set_state(size_t i, Tensor m, Tensor v);
 
   /// True when weight decay applies to parameter i (it is 2-D).
@@ -77,6 +84,8 @@ class AdamW {
   std::vector<bool> decay_;
   std::vector<Tensor> m_, v_;
   int64_t step_ = 0;
+  Device device_ = Device::cpu;
+  std::unique_ptr<detail::DeviceTable> table_;  ///< the device path's uploaded descriptors
 };
 
 }  // namespace ptrain::optim

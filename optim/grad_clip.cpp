@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "optim/chunks.h"
+#include "optim/device_optim.h"
 
 namespace ptrain::optim {
 
@@ -45,7 +46,7 @@ int64_t total_numel(const std::vector<ParamRef>& params) {
 }  // namespace
 
 double grad_sum_squares(const std::vector<ParamRef>& params) {
-  check_param_refs(params);
+  if (check_param_refs(params) == Device::cuda) return detail::device_grad_sum_squares(params);
   const std::vector<detail::Chunk> chunks = detail::make_chunks(params, kNormChunk);
   std::vector<double> partial(chunks.size());
   const int64_t nc = static_cast<int64_t>(chunks.size());
