@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -288,6 +289,13 @@ void drain() {
   std::vector<CUstream_st*> all;
   all.push_back(&d.default_stream);
   for (CUstream_st* s : d.streams) all.push_back(s);
+  // One opening of the arena for the whole drain, not one per operation: mprotect of the
+  // arena costs time in proportion to its resident pages (~1 ms at a few hundred MB), and a
+  // training step queues thousands of operations between synchronisations.
+  bool work = false;
+  for (CUstream_st* s : all) work = work || !s->queue.empty();
+  std::optional<DeviceAccess> access;
+  if (work) access.emplace();
   for (;;) {
     std::vector<CUstream_st*> cands;
     bool any = false;
@@ -705,12 +713,10 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind
   int dir = 0;
   if (cudaError_t e = check_copy(dst, src, n, kind, dir); e != cudaSuccess) return e;
   ++dev().counters.synchronizations;
+  DeviceAccess a;  // open once for the queued work and the copy
   drain();
   if (dev().sticky != cudaSuccess) return dev().sticky;
-  {
-    DeviceAccess a;
-    std::memmove(dst, src, n);
-  }
+  std::memmove(dst, src, n);
   count_copy(dir, n);
   return cudaSuccess;
 }
