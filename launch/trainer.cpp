@@ -137,6 +137,13 @@ Trainer::~Trainer() = default;
 
 void Trainer::check_inputs() {
   device_ = resolve_device(cfg_.device, opt_.world_size);
+#if PTRAIN_HAVE_CUDA
+  if (cfg_.device == DeviceChoice::automatic && device_ == Device::cpu && opt_.world_size > 1 && !cuda::emulated() &&
+      cuda::device_count() > 0 && opt_.rank == 0 && !opt_.quiet)
+    fmt::print("warning: device: auto trains this {}-rank run on the CPU: device tensors cannot cross ranks yet, so "
+               "multi-rank layouts run on the CPU only (a single-rank run would use the GPU)\n",
+               opt_.world_size);
+#endif
   PT_USER_CHECK(opt_.world_size == 1 || world_in_,
                 "a world of {} ranks was announced but no communicator was given (internal)", opt_.world_size);
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs dependencies, builds, fetches and prepares a real English corpus
 # (the `nlp-corpus` npm package, MIT licence, ~9 MB of English sentences in JSON), and
-# trains configs/tiny.yaml (a ~0.8M-parameter LLaMA on bytes) on the CPU.
+# trains configs/tiny.yaml (a ~0.8M-parameter LLaMA on bytes) on the CPU, or on the GPU when
+# the build has the nvcc backend and the machine has one (device: auto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS

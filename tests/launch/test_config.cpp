@@ -597,7 +597,7 @@ TEST(Config, ShippedConfigsLoadAndValidate) {
   EXPECT_EQ(tiny.checkpoint.dir, "runs/tiny");
   EXPECT_EQ(tiny.checkpoint.every, 100);
   EXPECT_EQ(tiny.checkpoint.keep, 2);
-  EXPECT_EQ(tiny.device, DeviceChoice::cpu);
+  EXPECT_EQ(tiny.device, DeviceChoice::automatic);
   EXPECT_EQ(tiny.padded_vocab(), 256);
 
   const Config gpt2 = load_config((dir / "tiny-gpt2.yaml").string(), {});
