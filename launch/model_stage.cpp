@@ -87,7 +87,7 @@ Tensor ModelStage::backward(int chunk, int micro, const Tensor& grad_output, boo
   Tensor gin;
   if (!is_first(chunk)) {
     gin = p.tape->grad_of(p.input);
-    if (!gin.defined()) gin = Tensor::zeros(p.input.shape(), p.input.dtype());
+    if (!gin.defined()) gin = Tensor::zeros(p.input.shape(), p.input.dtype(), p.input.device());
   }
   p.output = Tensor();
   p.loss = Tensor();
