@@ -360,6 +360,9 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
 }
 
 // ------------------------------------------------------------------ attention
+// In bf16 / f16 the CPU op rounds where the device attention stores (core/cuda/attention.h):
+// P after the fp32 softmax (saved so; out = P·v reads it rounded), dS (scale folded in),
+// dk / dv once per q head of a group, out and dq once. f32 / f64: no intermediate rounding.
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
   check_float_on(q, q.device(), "attention", "q");
@@ -376,11 +379,13 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
            "attention: q, k and v must share one dtype on the device");
   PT_DEVICE_OP(q, attention(q, k, v));
   Tensor out = Tensor::empty(q.shape(), q.dtype());
-  Tensor probs = Tensor::empty({B, Hq, Tn, Tn}, q.dtype() == DType::f64 ? DType::f64 : DType::f32);
+  // probs are saved in q's dtype (bf16 / f16: rounded after the fp32 softmax, and out = P·v
+  // reads them rounded; out rounded once below), as the device does (core/cuda/attention.h).
+  Tensor probs = Tensor::empty({B, Hq, Tn, Tn}, q.dtype());
   dispatch(q, [&](auto tag) {
     using T = decltype(tag);
     cpu::attention_forward<T>(q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), probs.data<T>(), B, Tn, Hq, Hkv,
-                              D);
+                              D, q.dtype());
   });
   out.round_();
   if (Tape* tape = Tape::recording({&q, &k, &v})) {
@@ -389,11 +394,14 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
       const Tensor dout = ctx.grad_out();
       Tensor dq = ctx.grad_in(0), dk = ctx.grad_in(1), dv = ctx.grad_in(2);
       const Tensor q = sq.get(), k = sk.get(), v = sv.get(), p = sp.get();
+      // dS rounded to dout's dtype, dk / dv to their own after each q head of a group, dq once
+      // below (the device's rounding points; see cpu::attention_backward).
       dispatch(dout, [&](auto tag) {
         using T = decltype(tag);
         cpu::attention_backward<T>(dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), p.data<T>(),
                                    dq.defined() ? dq.data<T>() : nullptr, dk.defined() ? dk.data<T>() : nullptr,
-                                   dv.defined() ? dv.data<T>() : nullptr, B, Tn, Hq, Hkv, D);
+                                   dv.defined() ? dv.data<T>() : nullptr, B, Tn, Hq, Hkv, D, dout.dtype(),
+                                   dk.defined() ? dk.dtype() : DType::f32, dv.defined() ? dv.dtype() : DType::f32);
       });
       for (Tensor* g : {&dq, &dk, &dv})
         if (g->defined()) g->round_();
@@ -543,7 +551,7 @@ Tensor view(const Tensor& x, Shape shape) {
 }
 
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes) {
-  check_float(x, "split", "x");
+  check_float_on(x, x.device(), "split", "x");
   int64_t total = 0;
   for (auto s : sizes) {
     PT_CHECK(s > 0, "split: non-positive piece size {}", s);
@@ -551,6 +559,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes) {
   }
   const int64_t S = x.dim(-1), rows = rows_of(x);
   PT_CHECK(total == S, "split: pieces sum to {} but the last dim of {} is {}", total, shape_str(x.shape()), S);
+  PT_DEVICE_OP(x, split(x, sizes));
   std::vector<Tensor> outs;
   std::vector<int64_t> offs;
   int64_t off = 0;

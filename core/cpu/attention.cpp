@@ -12,8 +12,24 @@
 //    kLanes interleaved accumulators (fixed order) and a vectorised branch-free exp for float.
 //  * Backward accumulates (+=); nullptr gradients are skipped. Threads take whole
 //    (batch, kv head) pairs, so no two threads write the same dk/dv; inside a pair the q heads
-//    of the group and the row blocks are added in a fixed order: dq/dk/dv are bit-identical
-//    for any OMP thread count. Each thread owns one dP/dS scratch buffer per call.
+//    of the group and the row blocks are added in a fixed order (per q head: all of dv's row
+//    blocks, then dq's and dk's): dq/dk/dv are bit-identical for any OMP thread count, and
+//    dk, dv may alias (k and v one tensor). Each thread owns one dP/dS scratch buffer per call.
+//  * Intermediate rounding (`store`, `dk_store`, `dv_store`; float only): f32 (the default)
+//    keeps every intermediate in T, bit-for-bit the kernel before the parameter existed (also
+//    f64), except where dk and dv alias (their sum's order is now dv's blocks first).
+//    bf16 / f16 round exactly where the device attention (core/cuda/attention.h) stores in
+//    its dtype, so the two agree up to fp32 summation order (Hugging Face eager semantics):
+//      forward:  S = scale · q kᵀ in fp32 (alpha = scale: BLAS multiplies the fp32 dot product
+//                by alpha once, as the device's softmax does), P = softmax(S) in fp32 and
+//                rounded to `store` (saved so, and read so by out = P v);
+//      backward: dP = dO vᵀ in fp32 (not rounded); dS = (P ⊙ (dP − rowsum(dP ⊙ P))) · scale
+//                rounded to `store` (the scale folded in before the rounding, then dq += dS k
+//                and dk += dSᵀ q with alpha 1); dk / dv: the [Tn, D] slice of a (b, kv head)
+//                is rounded to dk_store / dv_store after each group member has added all its
+//                row blocks (the device's one beta = 1 GEMM per member); dq is not rounded
+//                here (one contribution per element: the caller rounds once).
+//    In f32 the backward applies the scale as the dq / dk GEMMs' alpha instead (unchanged).
 #include <omp.h>
 
 #include <algorithm>
@@ -21,9 +37,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/cpu/kernels.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace ptrain::cpu {
@@ -159,12 +177,44 @@ void check_heads(const char* what, int64_t Hq, int64_t Hkv, int64_t D) {
   PT_CHECK(D > 0, "{}: head dim D={} must be positive", what, D);
 }
 
+/// Whether `store` asks for intermediate rounding, for scalar type T: bf16 / f16 for float;
+/// f32 / f64 never round (a double kernel accepts only those).
+template <class T>
+bool rounds_to(const char* what, DType store) {
+  PT_CHECK(is_float(store), "{}: store dtype must be a float type, got {}", what, dtype_name(store));
+  if constexpr (std::is_same_v<T, float>) {
+    return is_low_precision(store);
+  } else {
+    PT_CHECK(!is_low_precision(store), "{}: the double kernel cannot round to {} (only float can)", what,
+             dtype_name(store));
+    return false;
+  }
+}
+
+/// Rounds x[r * ld + c] (r < rows, c < cols) to `store`'s grid (float only; callers check
+/// rounds_to first).
+template <class T>
+void round_rows(T* x, int64_t rows, int64_t cols, int64_t ld, DType store) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (store == DType::bf16) {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) x[r * ld + c] = round_bf16(x[r * ld + c]);
+    } else {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) x[r * ld + c] = round_f16(x[r * ld + c]);
+    }
+  } else {
+    (void)x, (void)rows, (void)cols, (void)ld, (void)store;
+  }
+}
+
 }  // namespace
 
 template <class T>
 void attention_forward(const T* q, const T* k, const T* v, T* out, T* probs, int64_t B, int64_t Tn, int64_t Hq,
-                       int64_t Hkv, int64_t D) {
+                       int64_t Hkv, int64_t D, DType store) {
   check_heads("attention_forward", Hq, Hkv, D);
+  const bool round_p = rounds_to<T>("attention_forward", store);
   if (B == 0 || Tn == 0) return;
   const int64_t G = Hq / Hkv;
   const int64_t ldq = Hq * D, ldkv = Hkv * D;
@@ -189,6 +239,8 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, T* probs, int
           // S[r0:r1, 0:r1] = scale * Q[r0:r1] K^T[:, 0:r1]
           gemm<T>(false, false, rows, r1, D, scale, qb + r0 * ldq, ldq, kt.data(), Tn, T(0), Pb, Tn);
           for (int64_t t = r0; t < r1; ++t) causal_softmax_row(P + t * Tn, t + 1, r1);
+          // P saved and multiplied in `store` (zeros above the diagonal stay exact zeros)
+          if (round_p) round_rows(Pb, rows, r1, Tn, store);
           if (r1 < Tn)
             for (int64_t t = r0; t < r1; ++t) std::fill(P + t * Tn + r1, P + (t + 1) * Tn, T(0));
           // O[r0:r1] = P[r0:r1, 0:r1] V[0:r1]
@@ -200,14 +252,20 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, T* probs, int
 }
 
 // dV += P^T dO ; dP = dO V^T ; dS = P ⊙ (dP - rowsum(dP ⊙ P)) ; dQ += scale dS K ; dK += scale dS^T Q
+// (in bf16 / f16 `store`: dS = round(scale P ⊙ (...)), dQ += dS K, dK += dS^T Q; see the header)
 template <class T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* probs, T* dq, T* dk, T* dv,
-                        int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D) {
+                        int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, DType store, DType dk_store,
+                        DType dv_store) {
   check_heads("attention_backward", Hq, Hkv, D);
+  const bool round_ds = rounds_to<T>("attention_backward", store);
+  const bool round_dk = rounds_to<T>("attention_backward", dk_store) && dk;
+  const bool round_dv = rounds_to<T>("attention_backward", dv_store) && dv;
   if (B == 0 || Tn == 0 || (!dq && !dk && !dv)) return;
   const int64_t G = Hq / Hkv;
   const int64_t ldq = Hq * D, ldkv = Hkv * D;
   const T scale = T(1) / std::sqrt(static_cast<T>(D));
+  const T gemm_scale = round_ds ? T(1) : scale;  // rounded dS already holds the scale
   const bool need_ds = dq || dk;
   const int64_t block = std::min(Tn, kRowBlock);
 #pragma omp parallel if (run_parallel(2 * B * Hq * Tn * Tn * D))
@@ -228,20 +286,33 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
         const T* dob = dout + b * Tn * ldq + h * D;
         T* dqb = dq ? dq + b * Tn * ldq + h * D : nullptr;
         const T* P = probs + (b * Hq + h) * Tn * Tn;  // [Tn, Tn]
+        // dv's row blocks complete (and rounded) before dk's, as the device's GEMMs: the same
+        // result whether or not dk and dv alias (k and v one tensor).
+        if (dvb) {
+          for (int64_t r0 = 0; r0 < Tn; r0 += kRowBlock) {
+            const int64_t r1 = std::min(Tn, r0 + kRowBlock), rows = r1 - r0;
+            // dV[0:r1] += P[r0:r1, 0:r1]^T dO[r0:r1]
+            gemm<T>(true, false, r1, D, rows, T(1), P + r0 * Tn, Tn, dob + r0 * ldq, ldq, T(1), dvb, ldkv);
+          }
+          if (round_dv) round_rows(dvb, Tn, D, ldkv, dv_store);  // once per group member
+        }
+        if (!need_ds) continue;
         for (int64_t r0 = 0; r0 < Tn; r0 += kRowBlock) {
           const int64_t r1 = std::min(Tn, r0 + kRowBlock), rows = r1 - r0;
-          const T* Pb = P + r0 * Tn;  // [rows, r1] with row stride Tn
-          // dV[0:r1] += P[r0:r1, 0:r1]^T dO[r0:r1]
-          if (dvb) gemm<T>(true, false, r1, D, rows, T(1), Pb, Tn, dob + r0 * ldq, ldq, T(1), dvb, ldkv);
-          if (!need_ds) continue;
           T* dS = scratch.data();  // [rows, r1] with row stride Tn
           // dP[r0:r1, 0:r1] = dO[r0:r1] V^T[:, 0:r1], then dS in place
           gemm<T>(false, false, rows, r1, D, T(1), dob + r0 * ldq, ldq, vt.data(), Tn, T(0), dS, Tn);
           for (int64_t t = r0; t < r1; ++t) softmax_backward_row(dS + (t - r0) * Tn, P + t * Tn, r1);
-          // dQ[r0:r1] += scale dS K[0:r1] ; dK[0:r1] += scale dS^T Q[r0:r1]
-          if (dqb) gemm<T>(false, false, rows, D, r1, scale, dS, Tn, kb, ldkv, T(1), dqb + r0 * ldq, ldq);
-          if (dkb) gemm<T>(true, false, r1, D, rows, scale, dS, Tn, qb + r0 * ldq, ldq, T(1), dkb, ldkv);
+          if (round_ds) {  // dS = round(dS · scale), as the device's softmax-backward kernel stores it
+            for (int64_t i = 0; i < rows; ++i)
+              for (int64_t j = 0; j < r1; ++j) dS[i * Tn + j] *= scale;
+            round_rows(dS, rows, r1, Tn, store);
+          }
+          // dQ[r0:r1] += scale dS K[0:r1] ; dK[0:r1] += scale dS^T Q[r0:r1] (scale 1 when folded)
+          if (dqb) gemm<T>(false, false, rows, D, r1, gemm_scale, dS, Tn, kb, ldkv, T(1), dqb + r0 * ldq, ldq);
+          if (dkb) gemm<T>(true, false, r1, D, rows, gemm_scale, dS, Tn, qb + r0 * ldq, ldq, T(1), dkb, ldkv);
         }
+        if (round_dk) round_rows(dkb, Tn, D, ldkv, dk_store);  // once per group member
       }
     }
   }
@@ -249,9 +320,9 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
 
 #define PTRAIN_INSTANTIATE_ATTENTION(T)                                                                       \
   template void attention_forward<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, int64_t, \
-                                     int64_t);                                                                \
+                                     int64_t, DType);                                                         \
   template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,  \
-                                      int64_t, int64_t, int64_t, int64_t);
+                                      int64_t, int64_t, int64_t, int64_t, DType, DType, DType);
 PTRAIN_INSTANTIATE_ATTENTION(float)
 PTRAIN_INSTANTIATE_ATTENTION(double)
 #undef PTRAIN_INSTANTIATE_ATTENTION

@@ -18,6 +18,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace ptrain::cpu {
 
 /// Number of rows per chunk in chunked (deterministic) reductions.
@@ -88,13 +90,22 @@ void rope_backward(const T* dy, const T* cos, const T* sin, T* dx, int64_t B, in
 // ---------------------------------------------------------------- attention (causal, GQA)
 /// q [B, Tn, Hq, D], k/v [B, Tn, Hkv, D] (Hq % Hkv == 0; q head h uses kv head h / (Hq/Hkv)),
 /// out [B, Tn, Hq, D]; probs [B, Hq, Tn, Tn] saved (softmax of q·k^T/sqrt(D), zero above the diagonal).
+/// store (float only): bf16 / f16 round the probs to that grid after the fp32 softmax, and
+/// out = P·v multiplies the rounded P, as the device does (core/cuda/attention.h); out itself
+/// is left in T for the caller to round once. f32 / f64 (default): nothing rounded.
 template <class T>
 void attention_forward(const T* q, const T* k, const T* v, T* out, T* probs, int64_t B, int64_t Tn, int64_t Hq,
-                       int64_t Hkv, int64_t D);
-/// dq, dk, dv += gradients (dk/dv sum over the q heads of a group, in head order)
+                       int64_t Hkv, int64_t D, DType store = DType::f32);
+/// dq, dk, dv += gradients (dk/dv sum over the q heads of a group, in head order).
+/// store (float only; bf16 / f16, as the device): dS = scale·P ⊙ (dP − rowsum(dP ⊙ P)) is rounded
+/// to it before dq += dS·k, dk += dSᵀ·q (dP stays fp32); dk_store / dv_store (the dtypes of
+/// dk / dv): the slice of a (batch, kv head) is rounded after each q head of its group has
+/// been added. dq is not rounded (one contribution per element; the caller rounds once).
+/// All f32 / f64 (default): nothing rounded, the scale applied as the dq / dk GEMMs' alpha.
 template <class T>
 void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* probs, T* dq, T* dk, T* dv,
-                        int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D);
+                        int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t D, DType store = DType::f32,
+                        DType dk_store = DType::f32, DType dv_store = DType::f32);
 
 // ---------------------------------------------------------------- activations
 /// y = x * sigmoid(x)

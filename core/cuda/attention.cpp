@@ -11,6 +11,8 @@
 // matrices of one b are disjoint); products whose output is a head of out/dq/dk/dv are
 // batched over b (heads of one row interleave, and the GEMM layer only accepts batches whose
 // outputs it can prove disjoint).
+// TF32: every GEMM of one call takes the process-wide allow_tf32() (core/cuda/gemm.h) read at
+// the call's start; it changes fp32 products only (S = q kᵀ, P v and the backward's four).
 #include "core/cuda/attention.h"
 
 #include <cmath>
@@ -76,6 +78,7 @@ void attention_forward(const void* q, const void* k, const void* v, void* out, v
   const int64_t G = Hq / Hkv, TT = T * T;
   const int64_t ldq = Hq * D, ldkv = Hkv * D;
   const size_t es = elem_bytes(dt);
+  const bool tf32 = allow_tf32();  // the process-wide switch (core/cuda/gemm.h), read once per call
   const auto* qb = static_cast<const char*>(q);
   const auto* kb = static_cast<const char*>(k);
   const auto* vb = static_cast<const char*>(v);
@@ -88,6 +91,7 @@ void attention_forward(const void* q, const void* k, const void* v, void* out, v
     // S(b, j) = q_{jG+r} · k_jᵀ: per b, batched over j.
     for (int64_t b = 0; b < B; ++b) {
       GemmDesc d;
+      d.allow_tf32 = tf32;
       d.trans_b = true;  // k stored [T, D] = [N, K]
       d.M = T, d.N = T, d.K = D;
       d.ab_dtype = dt;
@@ -116,6 +120,7 @@ void attention_forward(const void* q, const void* k, const void* v, void* out, v
     for (int64_t j = 0; j < Hkv; ++j) {
       const int64_t h = j * G + r;
       GemmDesc d;
+      d.allow_tf32 = tf32;
       d.M = T, d.N = D, d.K = T;
       d.ab_dtype = d.c_dtype = dt;
       d.lda = T, d.ldb = ldkv, d.ldc = ldq;
@@ -141,6 +146,7 @@ void attention_backward(const void* dout, const void* q, const void* k, const vo
   const int64_t G = Hq / Hkv, TT = T * T;
   const int64_t ldq = Hq * D, ldkv = Hkv * D;
   const size_t es = elem_bytes(dt);
+  const bool tf32 = allow_tf32();  // the process-wide switch (core/cuda/gemm.h), read once per call
   const auto* dob = static_cast<const char*>(dout);
   const auto* qb = static_cast<const char*>(q);
   const auto* kb = static_cast<const char*>(k);
@@ -159,6 +165,7 @@ void attention_backward(const void* dout, const void* q, const void* k, const vo
       for (int64_t j = 0; j < Hkv; ++j) {
         const int64_t h = j * G + r;
         GemmDesc d;
+        d.allow_tf32 = tf32;
         d.trans_a = true;  // P stored [T(q), T(k)] = [K, M]
         d.M = T, d.N = D, d.K = T;
         d.ab_dtype = d.c_dtype = dt;
@@ -172,6 +179,7 @@ void attention_backward(const void* dout, const void* q, const void* k, const vo
     // dP(b, j) = dout_h · v_jᵀ (fp32): per b, batched over j.
     for (int64_t b = 0; b < B; ++b) {
       GemmDesc d;
+      d.allow_tf32 = tf32;
       d.trans_b = true;  // v stored [T, D] = [N, K]
       d.M = T, d.N = T, d.K = D;
       d.ab_dtype = dt;
@@ -191,6 +199,7 @@ void attention_backward(const void* dout, const void* q, const void* k, const vo
       // dq_h += dS_h · k_j: per j, batched over b.
       if (dq) {
         GemmDesc d;
+        d.allow_tf32 = tf32;
         d.M = T, d.N = D, d.K = T;
         d.ab_dtype = d.c_dtype = dt;
         d.lda = T, d.ldb = ldkv, d.ldc = ldq;
@@ -202,6 +211,7 @@ void attention_backward(const void* dout, const void* q, const void* k, const vo
       // dk_j += dS_hᵀ · q_h: per j, batched over b (r ascending: the group in head order).
       if (dk) {
         GemmDesc d;
+        d.allow_tf32 = tf32;
         d.trans_a = true;  // dS stored [T(q), T(k)] = [K, M]
         d.M = T, d.N = D, d.K = T;
         d.ab_dtype = d.c_dtype = dt;

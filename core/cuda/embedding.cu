@@ -171,6 +171,8 @@ void embedding_backward(const int32_t* ids, const void* dout, void* dtable, int6
   if (dtable_dt != dt && dtable_dt != DType::f32)
     throw std::invalid_argument("embedding_backward: dtable must have the dtype of dout, or be f32");
   if (!dtable || n <= 0 || C <= 0) return;
+  if (n > INT32_MAX)  // the sort keys hold a token's position in their low 32 bits
+    throw std::invalid_argument("embedding_backward: " + std::to_string(n) + " tokens (at most 2^31 - 1)");
   if (!scratch) throw std::invalid_argument("embedding_backward: scratch is nullptr (embedding_backward_scratch_bytes)");
   Key* keys = static_cast<Key*>(scratch);  // [n_pad]
   const int64_t n_pad = padded_keys(n);

@@ -16,6 +16,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -185,6 +186,13 @@ void check_desc(const GemmDesc& d, const void* A, const void* B, const void* C) 
 
 }  // namespace
 
+namespace {
+std::atomic<bool> g_allow_tf32{false};
+}  // namespace
+
+void set_allow_tf32(bool allow) { g_allow_tf32.store(allow, std::memory_order_relaxed); }
+bool allow_tf32() { return g_allow_tf32.load(std::memory_order_relaxed); }
+
 void gemm(const GemmDesc& d, float alpha, const void* A, const void* B, float beta, void* C, const void* bias,
           CUstream_st* stream, GemmWorkspace ws) {
   check_desc(d, A, B, C);
@@ -199,35 +207,35 @@ void gemm(const GemmDesc& d, float alpha, const void* A, const void* B, float be
 }
 
 void linear_forward(DType dt, const void* x, const void* w, const void* b, void* y, int64_t M, int64_t K, int64_t N,
-                    CUstream_st* stream, bool allow_tf32) {
+                    CUstream_st* stream, bool tf32) {
   GemmDesc d;
   d.trans_b = true;  // w [N,K]
   d.M = M, d.N = N, d.K = K;
   d.ab_dtype = d.c_dtype = dt;
   d.lda = K, d.ldb = K, d.ldc = N;
-  d.allow_tf32 = allow_tf32;
+  d.allow_tf32 = tf32;
   gemm(d, 1.0f, x, w, 0.0f, y, b, stream);
 }
 
 void linear_backward_input(DType dt, const void* dy, const void* w, void* dx, int64_t M, int64_t K, int64_t N,
-                           CUstream_st* stream, bool allow_tf32) {
+                           CUstream_st* stream, bool tf32) {
   GemmDesc d;  // dx[M,K] += dy[M,N] · w[N,K]
   d.M = M, d.N = K, d.K = N;
   d.ab_dtype = d.c_dtype = dt;
   d.lda = N, d.ldb = K, d.ldc = K;
-  d.allow_tf32 = allow_tf32;
+  d.allow_tf32 = tf32;
   gemm(d, 1.0f, dy, w, 1.0f, dx, nullptr, stream);
 }
 
 void linear_backward_weight(DType dt, const void* dy, const void* x, DType grad_dt, void* dw, void* db, int64_t M,
-                            int64_t K, int64_t N, CUstream_st* stream, bool allow_tf32) {
+                            int64_t K, int64_t N, CUstream_st* stream, bool tf32) {
   GemmDesc d;  // dw[N,K] += dy[M,N]^T · x[M,K]
   d.trans_a = true;
   d.M = N, d.N = K, d.K = M;
   d.ab_dtype = dt;
   d.c_dtype = grad_dt;
   d.lda = N, d.ldb = K, d.ldc = K;
-  d.allow_tf32 = allow_tf32;
+  d.allow_tf32 = tf32;
   gemm(d, 1.0f, dy, x, 1.0f, dw, nullptr, stream);
   if (db) detail::launch_bias_grad(static_cast<int>(dt), static_cast<int>(grad_dt), dy, db, M, N, stream);
 }

@@ -7,6 +7,10 @@
 // C (and bias) has A's dtype or f32. Products accumulate in fp32 (CUBLAS_COMPUTE_32F; with
 // allow_tf32, fp32 inputs may be rounded to TF32: CUBLAS_COMPUTE_32F_FAST_TF32, only when
 // `train.tf32: true`). alpha, beta and the bias are applied in fp32 and C is rounded once.
+// TF32, process-wide: set_allow_tf32 / allow_tf32 (as torch.backends.cuda.matmul.allow_tf32,
+// default false) is what the device ops use: the linear helpers below take it as their
+// default, attention's GEMMs (core/cuda/attention.cpp) read it per call. gemm() itself only
+// obeys GemmDesc::allow_tf32 (false unless the caller sets it), and only for fp32 inputs.
 // beta = 0 never reads C (fresh device memory is NaN in the emulated build).
 // Invariants:
 //  * Calls are queued on `stream` (nullptr: the legacy default stream); nothing synchronises.
@@ -53,17 +57,24 @@ inline constexpr size_t kGemmWorkspaceBytes = size_t(32) << 20;
 void gemm(const GemmDesc& d, float alpha, const void* A, const void* B, float beta, void* C,
           const void* bias = nullptr, CUstream_st* stream = nullptr, GemmWorkspace ws = {});
 
+/// The process-wide TF32 switch for fp32 GEMMs of the device ops (default false; the trainer
+/// sets it from `train.tf32`). Read at each call (a relaxed atomic): a change applies to the
+/// next product queued, including deferred weight-gradient products.
+void set_allow_tf32(bool allow);
+bool allow_tf32();
+
 /// y[M,N] = x[M,K] · w[N,K]^T (+ b[N]); x, w, b, y of `dt`.   (w in [out, in] layout)
+/// `tf32` (fp32 only) defaults to the process-wide allow_tf32(), evaluated at the call.
 void linear_forward(DType dt, const void* x, const void* w, const void* b, void* y, int64_t M, int64_t K, int64_t N,
-                    CUstream_st* stream = nullptr, bool allow_tf32 = false);
+                    CUstream_st* stream = nullptr, bool tf32 = allow_tf32());
 /// dx[M,K] += dy[M,N] · w[N,K]; all of `dt`.
 void linear_backward_input(DType dt, const void* dy, const void* w, void* dx, int64_t M, int64_t K, int64_t N,
-                           CUstream_st* stream = nullptr, bool allow_tf32 = false);
+                           CUstream_st* stream = nullptr, bool tf32 = allow_tf32());
 /// dw[N,K] += dy[M,N]^T · x[M,K]; db[N] += Σ_m dy[m,:] (db may be nullptr). dy, x of `dt`;
 /// dw, db of `grad_dt` (dt or f32). db: deterministic kernel (gemm_bias.cu), one fp32 sum per
 /// column in row order, rounded once.
 void linear_backward_weight(DType dt, const void* dy, const void* x, DType grad_dt, void* dw, void* db, int64_t M,
-                            int64_t K, int64_t N, CUstream_st* stream = nullptr, bool allow_tf32 = false);
+                            int64_t K, int64_t N, CUstream_st* stream = nullptr, bool tf32 = allow_tf32());
 
 namespace detail {
 /// db[N] += Σ_m dy[m, n] (dy [M,N] row-major, ld = N). dtype codes: static_cast<int>(DType).

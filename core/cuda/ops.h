@@ -1,5 +1,6 @@
 // core/cuda/ops.h — host launchers of the CUDA op kernels (embedding, RMSNorm, residual add,
-// fused softmax cross-entropy), callable from plain C++ (no CUDA header needed).
+// fused softmax cross-entropy, activations, RoPE, LayerNorm, last-dim split), callable from
+// plain C++ (no CUDA header needed).
 //
 // Kernels: core/cuda/{embedding,rms_norm,add,cross_entropy}.cu. Reference semantics: the CPU
 // kernels of core/cpu/kernels.h, against which tests/cuda/test_ops_cuda.cpp checks every op.
@@ -136,6 +137,19 @@ void rope_forward(const void* x, const float* cos, const float* sin, void* y, in
 /// Kernel: rope_backward_kernel<T>.
 void rope_backward(const void* dy, const float* cos, const float* sin, void* dx, int64_t B, int64_t Tn, int64_t H,
                    int64_t D, DType dt, CUstream_st* stream);
+
+// ---------------------------------------------------------------- last-dim split
+// Kernels: core/cuda/split.cu. x / dx [rows, ld] row-major; a piece / its gradient [rows, cols]
+// is the column block [off, off + cols) of x. 0 <= off and off + cols <= ld, else
+// std::invalid_argument (checked here: the launchers index x's rows with ld).
+/// dst[r, c] = src[r, off + c] (a copy: bit-exact). Kernel: split_columns_kernel<T>.
+void split_columns(const void* src, void* dst, int64_t rows, int64_t cols, int64_t ld, int64_t off, DType dt,
+                   CUstream_st* stream);
+/// dx[r, off + c] += dpiece[r, c], in fp32, rounded once to dx_dt (dt, or f32: an fp32
+/// gradient buffer of a low-precision tensor). dx == nullptr: nothing.
+/// Kernels: split_columns_backward_kernel<T> (dx_dt == dt), split_columns_backward_kernel<T, float>.
+void split_columns_backward(const void* dpiece, void* dx, int64_t rows, int64_t cols, int64_t ld, int64_t off,
+                            DType dt, DType dx_dt, CUstream_st* stream);
 
 // ---------------------------------------------------------------- LayerNorm
 // Kernels: core/cuda/layer_norm.cu. x, y, dy, dx [rows, C]; w, b, dw, db [C]; mean, rstd

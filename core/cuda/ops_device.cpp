@@ -180,6 +180,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
     tape->record(OpId::layer_norm, {&x, &w, &b}, {&y}, [sx, sw, sm, sr, rows, C](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
       Tensor dx = ctx.grad_in(0), dw = ctx.grad_in(1), db = ctx.grad_in(2);
+      same_dtype_grads("layer_norm", dy, {&dx});  // dw, db have their own dtype (train.grad_dtype)
       auto run = [sx, sw, sm, sr, dy, rows, C](Tensor dx, Tensor dw, Tensor db) {
         const Tensor x = sx.get(), w = sw.get(), m = sm.get(), r = sr.get();
         const DType gdt = dw.defined() ? dw.dtype() : db.defined() ? db.dtype() : dy.dtype();
@@ -257,6 +258,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
     tape->record(OpId::rms_norm, {&x, &w}, {&y}, [sx, sw, sr, rows, C](BackwardCtx& ctx) {
       const Tensor dy = ctx.grad_out();
       Tensor dx = ctx.grad_in(0), dw = ctx.grad_in(1);
+      same_dtype_grads("rms_norm", dy, {&dx});  // dw has its own dtype (train.grad_dtype)
       auto run = [sx, sw, sr, dy, rows, C](Tensor dx, Tensor dw) {
         const Tensor x = sx.get(), w = sw.get(), r = sr.get();
         Tensor s = dw.defined() ? scratch(cuda::rms_norm_backward_scratch_bytes(rows, C)) : Tensor();
@@ -300,6 +302,39 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t V, dou
     });
   }
   return loss;
+}
+
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes) {
+  const int64_t S = x.dim(-1), rows = x.numel() / S;
+  std::vector<Tensor> outs;
+  std::vector<int64_t> offs;
+  int64_t off = 0;
+  for (int64_t s : sizes) {
+    Shape sh = x.shape();
+    sh.back() = s;
+    outs.push_back(Tensor::empty(sh, x.dtype(), Device::cuda));
+    cuda::split_columns(x.raw(), outs.back().raw(), rows, s, S, off, x.dtype(), nullptr);
+    offs.push_back(off);
+    off += s;
+  }
+  if (Tape* tape = Tape::recording({&x})) {
+    std::vector<Tensor*> outp;
+    for (auto& o : outs) outp.push_back(&o);
+    tape->record(OpId::split, {&x}, outp, [sizes, offs, rows, S](BackwardCtx& ctx) {
+      Tensor dx = ctx.grad_in(0);
+      for (size_t p = 0; p < sizes.size(); ++p) {
+        const Tensor& g = ctx.grad_out(p);
+        if (!g.defined()) continue;  // an unused piece contributes nothing
+        PT_CHECK(g.device() == Device::cuda, "split on the device: the gradient of piece {} is on {}", p,
+                 device_name(g.device()));
+        PT_CHECK(dx.dtype() == g.dtype() || dx.dtype() == DType::f32,
+                 "split on the device: a gradient in {} for piece gradients in {} (the kernel writes their dtype or "
+                 "f32)", dtype_name(dx.dtype()), dtype_name(g.dtype()));
+        cuda::split_columns_backward(g.raw(), dx.raw(), rows, sizes[p], S, offs[p], g.dtype(), dx.dtype(), nullptr);
+      }
+    });
+  }
+  return outs;
 }
 
 }  // namespace ptrain::ops::device

@@ -10,6 +10,7 @@
 // (that would read them back every step): the data loader validates them.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -24,12 +25,14 @@ Tensor gelu(const Tensor& x);
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps);
-/// Causal GQA attention (core/cuda/attention.h); probs [B, Hq, T, T] saved in the input dtype
-/// (the CPU op keeps them in fp32: bf16 results differ from the CPU's by a rounding of P).
+/// Causal GQA attention (core/cuda/attention.h); probs [B, Hq, T, T] saved in the input dtype.
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v);
 Tensor embedding(const Tensor& ids, const Tensor& table);
 Tensor rms_norm(const Tensor& x, const Tensor& w, double eps);
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t V, double weight);
+/// Last-dim split into pieces of `sizes` columns (core/cuda/split.cu): one copy launch per
+/// piece; the backward adds each defined piece gradient into its column block of dx.
+std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes);
 /// dst += src on the device (same dtype and numel), rounded once to dst's dtype.
 void accumulate(Tensor& dst, const Tensor& src);
 

@@ -5,7 +5,9 @@
 // link libcudart. Invariants:
 //  * Device memory is one arena mapped PROT_NONE outside kernels and copies: host code that
 //    dereferences a device pointer crashes (SIGSEGV, reported with the arena's range), as on a
-//    GPU. cudaMalloc is first-fit at 256-byte alignment and fills new memory with 0xFF (NaN).
+//    GPU. cudaMalloc is first-fit at 512-byte alignment (what drivers return in practice; the caching allocator requires it) and fills new memory with 0xFF (NaN);
+//    allocations of 64 MiB or more are advised onto transparent huge pages (cheaper to touch
+//    and to flip the protection of: tests/cuda/test_index64.cpp uses 4 GB buffers).
 //  * Streams are deferred queues. Nothing runs until a synchronising call; then the ready heads
 //    of the queues run one at a time in a seeded order (seed 0: issue order; 1: newest ready
 //    first; other seeds: shuffled) that respects stream order, cudaStreamWaitEvent and the
@@ -99,7 +101,7 @@ struct DeviceState {
   char* arena = nullptr;
   std::map<size_t, size_t> free_list;      // offset -> bytes
   struct Allocation {
-    size_t bytes;      ///< rounded to 256
+    size_t bytes;      ///< rounded to 512
     size_t requested;  ///< what cudaMalloc was asked for: copies and (under ASan) kernels stay inside
   };
   std::map<size_t, Allocation> allocations;  // offset -> allocation
@@ -633,11 +635,14 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
   return sticky_or(cudaSuccess);
 }
 
+/// Allocations of at least this size are advised onto transparent huge pages (cudaMalloc).
+constexpr size_t kHugePageAllocation = size_t(64) << 20;
+
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   init();
   DeviceState& d = dev();
   if (d.sticky != cudaSuccess) return d.sticky;
-  const size_t n = std::max<size_t>(256, (size + 255) / 256 * 256);
+  const size_t n = std::max<size_t>(512, (size + 511) / 512 * 512);
   for (auto it = d.free_list.begin(); it != d.free_list.end(); ++it) {
     if (it->second < n) continue;
     const size_t off = it->first, rest = it->second - n;
@@ -649,6 +654,15 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 #if PTRAIN_SIMT_ASAN
     ASAN_UNPOISON_MEMORY_REGION(d.arena + off, n);
 #endif
+    if (n >= kHugePageAllocation) {
+      // Big buffers on 2 MiB pages (transparent huge pages, where the kernel allows them):
+      // every synchronising call flips the whole arena's protection, whose cost grows with
+      // the number of mapped pages: with 4 KiB pages a 4 GB buffer makes each call take
+      // ~0.25 s, with 2 MiB pages ~1 ms (and the first touch below is twice as fast).
+      const auto a = reinterpret_cast<uintptr_t>(d.arena + off), e = a + n;
+      const uintptr_t page = 4096, lo = (a + page - 1) / page * page, hi = e / page * page;
+      if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+    }
     {
       DeviceAccess a;
       std::memset(d.arena + off, 0xFF, n);

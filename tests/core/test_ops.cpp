@@ -17,7 +17,9 @@
 // Tolerances: f64 ops are smooth, h = 1e-6 gives |FD error| ~ 1e-10, so rtol 1e-6 / atol 1e-8.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <functional>
 #include <set>
 #include <string>
@@ -250,8 +252,9 @@ Tensor bf16_tensor(Shape s, uint64_t seed, double scale = 1.0) {
   return Tensor::from_vector(std::vector<float>(d.begin(), d.end()), std::move(s), DType::bf16);
 }
 
-/// y is bf16, every value is on the bf16 grid, and y is within one bf16 rounding of the f64 reference.
-void expect_bf16_output(const Tensor& y, const Tensor& ref64, const char* what) {
+/// y is bf16, every value is on the bf16 grid, and y is within one bf16 rounding of the f64
+/// reference (plus `atol`, for ops that round an intermediate too).
+void expect_bf16_output(const Tensor& y, const Tensor& ref64, const char* what, double atol = 0) {
   ASSERT_EQ(y.dtype(), DType::bf16) << what;
   ASSERT_EQ(y.shape(), ref64.shape()) << what;
   const auto v = y.to_float_vector();
@@ -261,7 +264,7 @@ void expect_bf16_output(const Tensor& y, const Tensor& ref64, const char* what) 
     if (round_bf16(v[i]) != v[i]) ++off_grid;
     if (v[i] != 0.0f) ++nonzero;
     // one rounding to bf16 (2^-9 relative) plus fp32 compute error
-    if (!(std::fabs(v[i] - ref[i]) <= 0x1p-8 * std::fabs(ref[i]) + 1e-6)) ++far;
+    if (!(std::fabs(v[i] - ref[i]) <= 0x1p-8 * std::fabs(ref[i]) + 1e-6 + atol)) ++far;
   }
   EXPECT_EQ(off_grid, 0) << what << ": values not on the bf16 grid";
   EXPECT_EQ(far, 0) << what << ": values farther than one bf16 rounding from the f64 result";
@@ -281,7 +284,10 @@ TEST(OpsBf16, OutputsAreOnTheBf16Grid) {
   }
   {
     Tensor q = bf16_tensor({2, 5, 4, 8}, 6), k = bf16_tensor({2, 5, 2, 8}, 7), v = bf16_tensor({2, 5, 2, 8}, 8);
-    expect_bf16_output(ops::attention(q, k, v), ops::attention(f64(q), f64(k), f64(v)), "attention");
+    // P is rounded to bf16 before P·v (as on the device): |Σ δp v| <= 2^-9 Σ p |v| <= 2^-9 max|v|.
+    double vmax = 0;
+    for (float x : v.to_float_vector()) vmax = std::max(vmax, static_cast<double>(std::fabs(x)));
+    expect_bf16_output(ops::attention(q, k, v), ops::attention(f64(q), f64(k), f64(v)), "attention", 0x1p-9 * vmax);
   }
   {
     Tensor g = bf16_tensor({4, 9}, 9, 3.0), u = bf16_tensor({4, 9}, 10, 3.0);
@@ -317,6 +323,43 @@ TEST(OpsBf16, GradientsOfBf16LeavesAreOnTheGrid) {
     }
     EXPECT_EQ(off_grid, 0);
     EXPECT_GT(nonzero, 0);
+  }
+}
+
+// bf16 attention rounds where the device stores (P; dS; dk / dv per group member; out, dq once):
+// the op's output and gradients are bit-identical to the CPU kernel called with store bf16,
+// and differ from the kernel without intermediate rounding.
+TEST(OpsBf16, AttentionRoundsWhereTheDeviceStores) {
+  const int64_t B = 2, T = 37, Hq = 4, Hkv = 2, D = 8;  // 1/sqrt(8): the scale is no power of 2
+  Tensor q = bf16_tensor({B, T, Hq, D}, 31, 3.0), k = bf16_tensor({B, T, Hkv, D}, 32),
+         v = bf16_tensor({B, T, Hkv, D}, 33), dout = bf16_tensor({B, T, Hq, D}, 34);
+  for (Tensor* t : {&q, &k, &v}) t->set_requires_grad(true);
+  Tape tape(DType::bf16);
+  Tensor y;
+  {
+    TapeGuard guard(&tape);
+    y = ops::attention(q, k, v);
+  }
+  tape.backward(y, dout);
+  const auto fq = q.to_float_vector(), fk = k.to_float_vector(), fv = v.to_float_vector(),
+             fd = dout.to_float_vector();
+  auto kernel = [&](DType store) {
+    std::vector<float> out(fq.size()), probs(static_cast<size_t>(B * Hq * T * T)), dq(fq.size(), 0.0f),
+        dk(fk.size(), 0.0f), dv(fv.size(), 0.0f);
+    cpu::attention_forward<float>(fq.data(), fk.data(), fv.data(), out.data(), probs.data(), B, T, Hq, Hkv, D, store);
+    cpu::attention_backward<float>(fd.data(), fq.data(), fk.data(), fv.data(), probs.data(), dq.data(), dk.data(),
+                                   dv.data(), B, T, Hq, Hkv, D, store, store, store);
+    std::vector<std::vector<float>> r{out, dq, dk, dv};
+    for (auto& x : r) round_to_dtype(x.data(), static_cast<int64_t>(x.size()), DType::bf16);
+    return r;
+  };
+  const auto want = kernel(DType::bf16), unrounded = kernel(DType::f32);
+  const std::vector<float> got[] = {y.to_float_vector(), q.grad().to_float_vector(), k.grad().to_float_vector(),
+                                    v.grad().to_float_vector()};
+  const char* names[] = {"out", "dq", "dk", "dv"};
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(got[i], want[i]) << names[i] << ": the op does not round as cpu::attention_* with store bf16";
+    EXPECT_NE(got[i], unrounded[i]) << names[i] << ": no intermediate rounding visible";
   }
 }
 

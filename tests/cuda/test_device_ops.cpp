@@ -1,8 +1,9 @@
 // tests/cuda/test_device_ops.cpp — device Tensors and the ops with CUDA kernels through the
 // tape: a small graph (embedding -> RMSNorm -> residual add -> fused cross-entropy) run on
 // the CPU and on the device from the same values, forward and backward, compared at the
-// harness's tolerances; per-op launch counters; host<->device traffic of a step; errors for
-// mixed devices and for ops without a kernel yet. Label cuda (emulated device in CI).
+// harness's tolerances; per-op launch counters; host<->device traffic of a step; the last-dim
+// split (qkv) through the tape; the process-wide TF32 switch reaching ops::linear's GEMMs;
+// errors for mixed devices. Label cuda (emulated device in CI).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,6 +12,7 @@
 
 #include "core/autograd.h"
 #include "core/cpu/kernels.h"
+#include "core/cuda/gemm.h"
 #include "core/cuda/launch_stats.h"
 #include "core/ops.h"
 #include "core/cuda/runtime.h"
@@ -154,9 +156,9 @@ BlockResult run_block(Device dev, DType dt) {
   Tensor h2 = ops::mul(ops::silu(h), ops::gelu(h));
   Tensor y = ops::linear(ops::scale(h2, 0.5), wd, bd);
   Tensor r = ops::rope(ops::view(ops::add(y, x0), {B, T, H, D}), cos, sin);
-  // GQA attention (2 q heads over 1 kv head) where the CPU and the device round at the same
-  // points (fp32); in bf16 the device keeps P in bf16 and the CPU in fp32 (a known difference).
-  if (dt == DType::f32) {
+  // GQA attention (2 q heads over 1 kv head): the CPU and the device round at the same points
+  // (bf16: P, dS, dk/dv per q head of the group; core/cpu/attention.cpp).
+  {
     Tensor kv = ops::view(ops::linear(x0, wk), {B, T, 1, D});
     r = ops::attention(r, kv, kv);
   }
@@ -166,7 +168,7 @@ BlockResult run_block(Device dev, DType dt) {
   tape.backward(loss);
   BlockResult res{loss.to_double_vector()[0], {}};
   for (Tensor* p : {&wg, &wu, &wd, &bd, &lw, &lb, &wo}) res.grads.push_back(p->grad().to_double_vector());
-  if (dt == DType::f32) res.grads.push_back(wk.grad().to_double_vector());
+  res.grads.push_back(wk.grad().to_double_vector());
   return res;
 }
 }  // namespace
@@ -182,13 +184,11 @@ TEST(DeviceOps, EveryKernelOpInAChainMatchesTheCpu) {
     double worst = 0;
     for (size_t i = 0; i < cpu.grads.size(); ++i) worst = std::max(worst, max_rel(dev.grads[i], cpu.grads[i], 1e-2));
     EXPECT_LE(worst, tol) << dtype_name(dt);
-    if (dt == DType::f32) {
-      for (const char* k : {"causal_softmax_forward_kernel", "causal_softmax_backward_kernel"}) {
-        bool found = false;
-        for (const auto& [name, c] : cuda::launch_counts())
-          if (name.rfind(k, 0) == 0) found = true;
-        EXPECT_TRUE(found) << k << " did not run";
-      }
+    for (const char* k : {"causal_softmax_forward_kernel", "causal_softmax_backward_kernel"}) {
+      bool found = false;
+      for (const auto& [name, c] : cuda::launch_counts())
+        if (name.rfind(k, 0) == 0) found = true;
+      EXPECT_TRUE(found) << k << " did not run (" << dtype_name(dt) << ")";
     }
     std::printf("%s chain: loss cpu %.9g dev %.9g; worst grad rel %.2e\n", dtype_name(dt).data(), cpu.loss, dev.loss,
                 worst);
@@ -205,7 +205,7 @@ TEST(DeviceOps, EveryKernelOpInAChainMatchesTheCpu) {
   }
 }
 
-TEST(DeviceOps, MixedDevicesAndOpsWithoutKernelsAreRefused) {
+TEST(DeviceOps, MixedDevicesAreRefused) {
   if (!have_device()) GTEST_SKIP() << "no CUDA device";
   Tensor a = Tensor::from_vector({1, 2, 3}, {3}).to_device(Device::cuda);
   Tensor b = Tensor::from_vector({1, 2, 3}, {3});
@@ -215,10 +215,115 @@ TEST(DeviceOps, MixedDevicesAndOpsWithoutKernelsAreRefused) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("is on cpu but the op runs on cuda"), std::string::npos) << e.what();
   }
-  try {
-    (void)ops::split(a, {1, 2});
-    FAIL() << "an op without a CUDA kernel ran on a device tensor";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("no CUDA kernel"), std::string::npos) << e.what();
+}
+
+namespace {
+struct SplitResult {
+  std::vector<std::vector<double>> pieces;
+  std::vector<double> dx;
+};
+
+/// x [2, 5, 24] -> split into 8 + 9 + 7 columns (a qkv split with unequal, odd pieces); the
+/// middle piece is unused (its gradient undefined: it contributes nothing). on_leaf: split of
+/// the leaf x itself, whose gradient buffer is fp32 (the tape's default parameter-gradient
+/// dtype). Else h = scale(x, 0.5) is split and also consumed by add(h, h), recorded after the
+/// split: the add's backward runs first, so the split's backward adds into a gradient that
+/// already holds values (the tape's gradients in dt).
+SplitResult run_split(Device dev, DType dt, bool on_leaf) {
+  const int64_t B = 2, T = 5, S = 24;
+  auto tensor = [&](Shape s, uint32_t seed) {
+    return Tensor::from_vector(randn(static_cast<size_t>(shape_numel(s)), seed), s, dt).to_device(dev);
+  };
+  Tensor x = tensor({B, T, S}, 31);
+  x.set_requires_grad(true);
+  Tape tape(on_leaf ? DType::f32 : dt);
+  TapeGuard guard(&tape);
+  Tensor h = on_leaf ? x : ops::scale(x, 0.5);
+  const std::vector<Tensor> p = ops::split(h, {8, 9, 7});
+  std::vector<Tensor> roots{p[0], p[2]}, seeds{tensor({B, T, 8}, 32), tensor({B, T, 7}, 33)};
+  if (!on_leaf) {
+    roots.push_back(ops::add(h, h));
+    seeds.push_back(tensor({B, T, S}, 34));
   }
+  tape.backward(roots, seeds);
+  SplitResult r;
+  for (const Tensor& t : p) r.pieces.push_back(t.to_double_vector());
+  r.dx = x.grad().to_double_vector();
+  return r;
+}
+}  // namespace
+
+TEST(DeviceOps, SplitMatchesTheCpuOpForwardAndBackward) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device";
+  for (DType dt : {DType::f32, DType::bf16, DType::f16})
+    for (bool on_leaf : {false, true}) {
+      const std::string what = std::string(dtype_name(dt)) + (on_leaf ? " split of a leaf (fp32 dx)" : " split");
+      const SplitResult cpu = run_split(Device::cpu, dt, on_leaf);
+      cuda::reset_launch_counts();
+      const SplitResult dev = run_split(Device::cuda, dt, on_leaf);
+      // Copies and one addition per element, rounded once, in the CPU's order: bit-identical.
+      ASSERT_EQ(dev.pieces.size(), 3u) << what;
+      for (size_t i = 0; i < 3; ++i) EXPECT_EQ(dev.pieces[i], cpu.pieces[i]) << what << ": piece " << i;
+      EXPECT_EQ(dev.dx, cpu.dx) << what << ": dx";
+      const std::string T = dt == DType::f32 ? "float" : dt == DType::bf16 ? "__nv_bfloat16" : "__half";
+      EXPECT_EQ(cuda::launch_count("split_columns_kernel<" + T + ">"), 3) << what;
+      const std::string bwd = on_leaf && dt != DType::f32 ? "split_columns_backward_kernel<" + T + ", float>"
+                                                          : "split_columns_backward_kernel<" + T + ">";
+      EXPECT_EQ(cuda::launch_count(bwd), 2) << what << ": one launch per defined piece gradient";
+    }
+}
+
+/// cuda::set_allow_tf32 (core/cuda/gemm.h) reaches the three GEMMs of ops::linear on device
+/// tensors (core/cuda/ops_device.cpp: forward, dx, dw). fp32 values one TF32 rounding cannot
+/// keep: 1 + 2^-12 is below half a TF32 ulp of 1, so it becomes exactly 1 under any rounding
+/// (the emulated cuBLASLt's ties-away rounding, ties-to-even, or truncation): x = 1 + 2^-12,
+/// w = 1 and dy = 1 make y = K (1 + 2^-12) and dw = M (1 + 2^-12) in fp32 (exact), K and M
+/// with TF32; x = 1, w = 1 and dy = 1 + 2^-12 make dx = N (1 + 2^-12), or N. The emulated
+/// cuBLASLt rounds whenever CUBLAS_COMPUTE_32F_FAST_TF32 is asked for; real cuBLASLt may pick
+/// an fp32 kernel (FAST_TF32 allows TF32, it does not require it): on a GPU the TF32 results
+/// are reported only, the fp32 ones (no TF32 without the switch) checked.
+TEST(DeviceOps, LinearHonoursTheTf32Switch) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device";
+  const bool saved = cuda::allow_tf32();
+  const int64_t M = 64, K = 64, N = 96;
+  const float one_plus = 1.0f + 0x1p-12f;
+  struct Run {
+    std::vector<float> y, dx, dw;
+  };
+  auto run = [&](float xval, float dyval) {
+    Tensor x = Tensor::full({M, K}, xval).to_device(Device::cuda);
+    Tensor w = Tensor::full({N, K}, 1.0).to_device(Device::cuda);
+    x.set_requires_grad(true);
+    w.set_requires_grad(true);
+    Tape tape;
+    TapeGuard guard(&tape);
+    Tensor y = ops::linear(x, w);
+    tape.backward(y, Tensor::full({M, N}, dyval).to_device(Device::cuda));
+    return Run{y.to_float_vector(), x.grad().to_float_vector(), w.grad().to_float_vector()};
+  };
+  auto expect = [&](const std::vector<float>& got, float want, bool tf32, const char* what) {
+    if (tf32 && !cuda::emulated()) {
+      size_t same = 0;
+      for (float v : got) same += v == want;
+      std::printf("%s with TF32 on real cuBLASLt: %zu of %zu elements took the TF32 value\n", what, same, got.size());
+      return;
+    }
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i], want) << what << "[" << i << "] with TF32 " << (tf32 ? "on" : "off");
+  };
+  for (bool on : {false, true}) {
+    cuda::set_allow_tf32(on);
+    const Run a = run(one_plus, 1.0f), b = run(1.0f, one_plus);
+    expect(a.y, on ? static_cast<float>(K) : static_cast<float>(K) * one_plus, on, "y");
+    expect(a.dw, on ? static_cast<float>(M) : static_cast<float>(M) * one_plus, on, "dw");
+    expect(b.dx, on ? static_cast<float>(N) : static_cast<float>(N) * one_plus, on, "dx");
+  }
+  // bf16 GEMMs ignore the switch (TF32 is for fp32 inputs only).
+  cuda::set_allow_tf32(false);
+  Tensor xb = Tensor::from_vector(randn(static_cast<size_t>(M * K), 41), {M, K}, DType::bf16).to_device(Device::cuda);
+  Tensor wb = Tensor::from_vector(randn(static_cast<size_t>(N * K), 42), {N, K}, DType::bf16).to_device(Device::cuda);
+  const std::vector<double> off = ops::linear(xb, wb).to_double_vector();
+  cuda::set_allow_tf32(true);
+  EXPECT_EQ(ops::linear(xb, wb).to_double_vector(), off) << "a bf16 GEMM changed with the TF32 switch";
+  cuda::set_allow_tf32(saved);
 }

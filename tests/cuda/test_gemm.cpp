@@ -14,6 +14,8 @@
 // most 2^-9 / 2^-12 of |value|, doubled for the fp32 error before rounding). TF32 (fp32
 // inputs rounded to 10 mantissa bits): 2 · 2^-11 · S more.
 // A planted bug (a valid but wrong ld) is shown to be caught, and an invalid ld to be refused.
+// The process-wide TF32 switch (set_allow_tf32) is shown to reach the GEMMs of the linear
+// helpers and of attention (ops::linear on device tensors: tests/cuda/test_device_ops.cpp).
 //
 // Built twice (tests/cuda/gemm.cmake): test_gemm (label cuda: the emulated device in CI, a
 // GPU when present) and, with PTRAIN_GEMM_GPU_TEST=1, test_gemm_gpu (label gpu: real cuBLASLt
@@ -31,6 +33,7 @@
 #include <vector>
 
 #include "core/cpu/kernels.h"
+#include "core/cuda/attention.h"
 #include "core/cuda/device.h"
 #include "core/cuda/gemm.h"
 #include "core/cuda/launch_stats.h"
@@ -391,6 +394,139 @@ TEST(CudaGemm, DeterministicAcrossSeedsAndStreams) {
   simt::set_seed(1);
 #endif
   ok(cudaStreamDestroy(s), "stream destroy");
+}
+
+/// Restores the process-wide TF32 switch at scope end.
+struct Tf32Scope {
+  bool saved = allow_tf32();
+  ~Tf32Scope() { set_allow_tf32(saved); }
+};
+
+/// fp32 values one TF32 rounding cannot keep: 1 + 2^-12 is below half a TF32 ulp of 1 (2^-11),
+/// so it becomes exactly 1 whether the inputs are rounded to nearest (ties away, as the
+/// emulated cuBLASLt does with cvt.rna.tf32.f32, or to even) or truncated (tensor cores
+/// reading fp32 operands may simply drop the low 13 mantissa bits): the TF32 result is exact
+/// and the same under every rounding mode, and differs from the fp32 one. The emulated
+/// cuBLASLt rounds whenever CUBLAS_COMPUTE_32F_FAST_TF32 is asked for, so there the switch is
+/// observable exactly; real cuBLASLt may pick a non-tensor-core kernel for a small problem
+/// and stay in fp32 (FAST_TF32 allows TF32, it does not require it): on silicon the "on"
+/// results are only reported, the "off" results (no TF32 without the switch) still checked.
+constexpr float kOnePlus = 1.0f + 0x1p-12f;
+
+/// The value TF32 products must give: exact in the emulated build, reported on a GPU.
+void expect_tf32(const std::vector<float>& got, float want, const char* what) {
+  if (!emulated()) {
+    size_t same = 0;
+    for (float v : got) same += v == want;
+    std::printf("%s with TF32 on real cuBLASLt: %zu of %zu elements took the TF32 value %.9g\n", what, same,
+                got.size(), want);
+    return;
+  }
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_EQ(got[i], want) << what << "[" << i << "]: the TF32 switch did not reach the GEMM";
+}
+void expect_all(const std::vector<float>& got, float want, const char* what) {
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want) << what << "[" << i << "]";
+}
+
+TEST(CudaGemm, Tf32SwitchReachesTheLinearHelpers) {
+  SKIP_WITHOUT_DEVICE();
+  Tf32Scope scope;
+  set_allow_tf32(false);
+  EXPECT_FALSE(allow_tf32());
+  const int64_t M = 64, K = 64, N = 96;  // tensor-core sized on a GPU
+  const float y_fp32 = static_cast<float>(K) * kOnePlus;  // K (1 + 2^-12): exact in fp32
+  const float dx_fp32 = static_cast<float>(N) * kOnePlus, dw_fp32 = static_cast<float>(M) * kOnePlus;
+
+  // The helpers of core/cuda/gemm.h take the switch as their default: y = x wᵀ, dx += dy w,
+  //    dw += dyᵀ x with x = 1 + 2^-12 (y, dw) or dy = 1 + 2^-12 (dx), the other operand 1.
+  const std::vector<float> ones_nk(N * K, 1.0f), plus_mk(M * K, kOnePlus), plus_mn(M * N, kOnePlus),
+      ones_mn(M * N, 1.0f);
+  DevBuf x(M * K * 4), w(N * K * 4), y(M * N * 4), dyp(M * N * 4), dy1(M * N * 4), dx(M * K * 4), dw(N * K * 4);
+  x.upload(encode(plus_mk, DType::f32));
+  w.upload(encode(ones_nk, DType::f32));
+  dyp.upload(encode(plus_mn, DType::f32));
+  dy1.upload(encode(ones_mn, DType::f32));
+  auto run_helpers = [&](std::vector<float>& yv, std::vector<float>& dxv, std::vector<float>& dwv) {
+    ok(cudaMemset(dx.p, 0, dx.bytes), "memset dx");
+    ok(cudaMemset(dw.p, 0, dw.bytes), "memset dw");
+    linear_forward(DType::f32, x.p, w.p, nullptr, y.p, M, K, N);
+    linear_backward_input(DType::f32, dyp.p, w.p, dx.p, M, K, N);
+    linear_backward_weight(DType::f32, dy1.p, x.p, DType::f32, dw.p, nullptr, M, K, N);
+    ok(cudaDeviceSynchronize(), "sync");
+    yv = decode(y.download(), DType::f32), dxv = decode(dx.download(), DType::f32), dwv = decode(dw.download(), DType::f32);
+  };
+  std::vector<float> yv, dxv, dwv;
+  run_helpers(yv, dxv, dwv);
+  expect_all(yv, y_fp32, "y (switch off)");
+  expect_all(dxv, dx_fp32, "dx (switch off)");
+  expect_all(dwv, dw_fp32, "dw (switch off)");
+  set_allow_tf32(true);
+  EXPECT_TRUE(allow_tf32());
+  run_helpers(yv, dxv, dwv);
+  expect_tf32(yv, static_cast<float>(K), "y");
+  expect_tf32(dxv, static_cast<float>(N), "dx");
+  expect_tf32(dwv, static_cast<float>(M), "dw");
+  // An explicit argument still wins over the switch, and bf16 products ignore it.
+  linear_forward(DType::f32, x.p, w.p, nullptr, y.p, M, K, N, nullptr, /*tf32=*/false);
+  ok(cudaDeviceSynchronize(), "sync");
+  expect_all(decode(y.download(), DType::f32), y_fp32, "y (switch on, tf32=false passed)");
+  {
+    const auto xb = random_on_grid(M * K, DType::bf16, 41), wb = random_on_grid(N * K, DType::bf16, 42);
+    DevBuf bx(M * K * 2), bw(N * K * 2), by(M * N * 2);
+    bx.upload(encode(xb, DType::bf16));
+    bw.upload(encode(wb, DType::bf16));
+    linear_forward(DType::bf16, bx.p, bw.p, nullptr, by.p, M, K, N);
+    ok(cudaDeviceSynchronize(), "sync");
+    const auto on = by.download();
+    linear_forward(DType::bf16, bx.p, bw.p, nullptr, by.p, M, K, N, nullptr, false);
+    ok(cudaDeviceSynchronize(), "sync");
+    EXPECT_EQ(on, by.download()) << "a bf16 GEMM changed with the TF32 switch";
+  }
+
+  // ops::linear on device tensors (core/cuda/ops_device.cpp, through the tape):
+  // tests/cuda/test_device_ops.cpp, DeviceOps.LinearHonoursTheTf32Switch.
+}
+
+/// Attention's GEMMs (core/cuda/attention.cpp) read the switch: fp32 outputs and all three
+/// gradients change when it is on (every product rounds its inputs to TF32), and switching it
+/// off again gives the first bits back (the plan cache keys on it).
+TEST(CudaGemm, Tf32SwitchReachesAttention) {
+  SKIP_WITHOUT_DEVICE();
+  Tf32Scope scope;
+  const int64_t B = 2, T = 16, Hq = 4, Hkv = 2, D = 32, nq = B * T * Hq * D, nkv = B * T * Hkv * D;
+  const DType dt = DType::f32;
+  const auto q = random_on_grid(nq, dt, 51), k = random_on_grid(nkv, dt, 52), v = random_on_grid(nkv, dt, 53),
+             dout = random_on_grid(nq, dt, 54);
+  DevBuf dq_in(nq * 4), dk_in(nkv * 4), dv_in(nkv * 4), ddout(nq * 4), out(nq * 4), probs(B * Hq * T * T * 4),
+      dq(nq * 4), dk(nkv * 4), dv(nkv * 4),
+      scratch(std::max<size_t>(1, attention_backward_scratch_bytes(dt, B, T, Hq, Hkv)));
+  dq_in.upload(encode(q, dt));
+  dk_in.upload(encode(k, dt));
+  dv_in.upload(encode(v, dt));
+  ddout.upload(encode(dout, dt));
+  auto run = [&] {
+    attention_forward(dq_in.p, dk_in.p, dv_in.p, out.p, probs.p, B, T, Hq, Hkv, D, dt, nullptr, nullptr);
+    for (DevBuf* g : {&dq, &dk, &dv}) ok(cudaMemset(g->p, 0, g->bytes), "memset");
+    attention_backward(ddout.p, dq_in.p, dk_in.p, dv_in.p, probs.p, dq.p, dk.p, dv.p, B, T, Hq, Hkv, D, dt, scratch.p,
+                       nullptr);
+    ok(cudaDeviceSynchronize(), "sync");
+    return std::vector<std::vector<uint8_t>>{out.download(), dq.download(), dk.download(), dv.download()};
+  };
+  set_allow_tf32(false);
+  const auto off = run();
+  set_allow_tf32(true);
+  const auto on = run();
+  set_allow_tf32(false);
+  const auto off_again = run();
+  const char* names[] = {"out", "dq", "dk", "dv"};
+  for (size_t i = 0; i < off.size(); ++i) {
+    EXPECT_EQ(off_again[i], off[i]) << names[i] << ": switching TF32 off again did not restore the fp32 bits";
+    if (emulated())
+      EXPECT_NE(on[i], off[i]) << names[i] << ": the TF32 switch did not reach attention's GEMMs";
+    else if (on[i] == off[i])
+      std::printf("attention %s: identical with TF32 on real cuBLASLt (an fp32 kernel was chosen)\n", names[i]);
+  }
 }
 
 TEST(CudaGemm, ShapeErrorsNameTheShapes) {

@@ -111,6 +111,8 @@ Bytes download(const DeviceBuffer& d) {
 ///   rope_*: a = B, b = Tn, c = H, d = head dim D
 ///   layer_norm_*: a = rows, b = C; forward c = 1: no bias; backward c = 0: dx, dw, db,
 ///     1: dx only, 2: dw and db only
+///   split_*: a = rows, b = the split tensor's last dim S, c = the piece's columns, d = its
+///     first column (the piece is columns [d, d + c) of x [rows, S])
 struct Case {
   std::string op;
   DType dt;
@@ -129,6 +131,8 @@ std::string shape_str(const Case& c) {
     s << "B" << c.a << "_T" << c.b << "_H" << c.c << "_D" << c.d;
   else if (c.op.rfind("cross_entropy", 0) == 0)
     s << "N" << c.a << "_Vp" << c.b << "_V" << c.c;
+  else if (c.op.rfind("split", 0) == 0)
+    s << "rows" << c.a << "_S" << c.b << "_cols" << c.c << "_off" << c.d;
   else
     s << "n" << c.a << (c.c ? "_v" + std::to_string(c.c) : "");
   return s.str();
@@ -714,6 +718,44 @@ Outputs run_layer_norm_backward(const Case& c, Backend be) {
   return out;
 }
 
+// ---- last-dim split: a = rows, b = S, c = cols, d = off (the piece is x[:, off:off+cols])
+
+/// The CPU reference is core/ops.cpp's split loops (the op has no core/cpu kernel), on the
+/// same inputs: forward piece[r, c] = x[r, S·r + off + c]; backward dx[r, off + c] +=
+/// dpiece[r, c] into a nonzero dx, then rounded once (the op's dx.round_()). The whole dx is
+/// compared, so a write outside the column block shows.
+Outputs run_split(const Case& c, Backend be) {
+  const int64_t rows = c.a, S = c.b, cols = c.c, off = c.d;
+  const bool fwd = c.op == "split_forward";
+  const std::string name = fwd ? "split_forward.piece" : "split_backward.dx";
+  const Inputs in(c);
+  const auto x = in.normal("x", rows * S), dpiece = in.normal("dpiece", rows * cols), dx0 = in.normal("dx", rows * S);
+  if (be != Backend::device) {
+    return {{name, cpu_result(be, c.dt, true, fwd ? std::vector<float>(rows * cols) : dx0, [&](auto& out) {
+               using T = typename std::decay_t<decltype(out)>::value_type;
+               if (fwd) {
+                 const auto xv = as<T>(x);
+                 for (int64_t r = 0; r < rows; ++r)
+                   for (int64_t k = 0; k < cols; ++k) out[r * cols + k] = xv[r * S + off + k];
+               } else {
+                 const auto g = as<T>(dpiece);
+                 for (int64_t r = 0; r < rows; ++r)
+                   for (int64_t k = 0; k < cols; ++k) out[r * S + off + k] += g[r * cols + k];
+               }
+             })}};
+  }
+  if (fwd) {
+    auto d_x = upload(encode(x, c.dt));
+    auto d_piece = poisoned(rows * cols * dev_size(c.dt));
+    split_columns(d_x->get(), d_piece->get(), rows, cols, S, off, c.dt, nullptr);
+    return {device_output(name, *d_piece, c.dt)};
+  }
+  auto d_g = upload(encode(dpiece, c.dt));
+  auto d_dx = upload(encode(dx0, c.dt));
+  split_columns_backward(d_g->get(), d_dx->get(), rows, cols, S, off, c.dt, c.dt, nullptr);
+  return {device_output(name, *d_dx, c.dt)};
+}
+
 Outputs run_case(const Case& c, Backend be) {
   if (c.op == "embedding_forward") return run_embedding_forward(c, be);
   if (c.op == "embedding_backward") return run_embedding_backward(c, be);
@@ -729,6 +771,7 @@ Outputs run_case(const Case& c, Backend be) {
   if (c.op == "rope_forward" || c.op == "rope_backward") return run_rope(c, be);
   if (c.op == "layer_norm_forward") return run_layer_norm_forward(c, be);
   if (c.op == "layer_norm_backward") return run_layer_norm_backward(c, be);
+  if (c.op == "split_forward" || c.op == "split_backward") return run_split(c, be);
   throw std::invalid_argument("unknown op " + c.op);
 }
 
@@ -783,6 +826,8 @@ std::map<std::string, int64_t> expected_launches(const Case& c) {
                          "swiglu_backward", "mul_forward", "mul_backward", "scale_forward", "scale_backward",
                          "rope_forward", "rope_backward", "layer_norm_forward"})
     if (c.op == op) return {{c.op + "_kernel" + T, 1}};
+  if (c.op == "split_forward") return {{"split_columns_kernel" + T, 1}};
+  if (c.op == "split_backward") return {{"split_columns_backward_kernel" + T, 1}};
   if (c.op == "layer_norm_backward") {
     std::map<std::string, int64_t> m;
     if (c.c != 2) m["layer_norm_backward_dx_kernel" + T] = 1;
@@ -959,6 +1004,15 @@ std::vector<Case> all_cases() {
       {"layer_norm_backward", 37, 100, 0}, {"layer_norm_backward", 200, 33, 0}, {"layer_norm_backward", 3, 1, 0},
       {"layer_norm_backward", 2, 1000, 0}, {"layer_norm_backward", 130, 257, 0}, {"layer_norm_backward", 37, 100, 1},
       {"layer_norm_backward", 130, 257, 2},
+      // split: rows, S, cols, off — the three pieces of a qkv split with S = 100 (33 + 34 + 33:
+      // odd offsets, so bf16/f16 blocks start unaligned), one column, more columns than a
+      // block has threads (257, 300), a 3·768 qkv row's last piece
+      {"split_forward", 37, 100, 33, 0},  {"split_forward", 37, 100, 34, 33},  {"split_forward", 37, 100, 33, 67},
+      {"split_forward", 1, 1, 1, 0},      {"split_forward", 300, 7, 1, 3},     {"split_forward", 3, 600, 257, 343},
+      {"split_forward", 2, 300, 300, 0},  {"split_forward", 5, 2304, 768, 1536},
+      {"split_backward", 37, 100, 33, 0}, {"split_backward", 37, 100, 34, 33}, {"split_backward", 37, 100, 33, 67},
+      {"split_backward", 1, 1, 1, 0},     {"split_backward", 300, 7, 1, 3},    {"split_backward", 3, 600, 257, 343},
+      {"split_backward", 2, 300, 300, 0}, {"split_backward", 5, 2304, 768, 1536},
   };
   std::vector<Case> cases;
   for (DType dt : {DType::f32, DType::bf16, DType::f16})
@@ -1157,6 +1211,45 @@ TEST(CudaOpsRope, InPlaceGivesTheOutOfPlaceBitsAndAnOddHeadDimThrows) {
   EXPECT_THROW(rope_forward(nullptr, nullptr, nullptr, nullptr, 1, 1, 1, 7, DType::f32, nullptr), std::invalid_argument);
   EXPECT_THROW(rope_backward(nullptr, nullptr, nullptr, nullptr, 1, 1, 1, 7, DType::f32, nullptr),
                std::invalid_argument);
+  EXPECT_TRUE(launch_counts().empty());
+}
+
+/// split_columns_backward into an fp32 dx (the fp32 gradient buffer of a low-precision leaf):
+/// dx[r, off + c] += dpiece[r, c] in fp32, nothing rounded to the pieces' dtype (the CPU's
+/// float sum exactly); columns outside the block untouched. A column block outside the rows,
+/// or a dx dtype that is neither the pieces' nor f32, throws before anything is launched.
+TEST(CudaOpsSplit, BackwardIntoAnFp32GradientAndBadBlocksThrow) {
+  SKIP_WITHOUT_DEVICE();
+  const int64_t rows = 37, S = 100, cols = 34, off = 33;
+  for (DType dt : {DType::bf16, DType::f16}) {
+    const Case c{"split_backward", dt, rows, S, cols, off};
+    const Inputs in(c);
+    const auto dpiece = in.normal("dpiece", rows * cols);  // on dt's grid
+    std::vector<float> dx = Inputs(Case{"split_backward", DType::f32, rows, S, cols, off}).normal("dx", rows * S);
+    const Bytes h_g = encode(dpiece, dt), h_dx = raw_bytes(dx);
+    auto d_g = upload(h_g);
+    auto d_dx = upload(h_dx);
+    reset_launch_counts();
+    split_columns_backward(d_g->get(), d_dx->get(), rows, cols, S, off, dt, DType::f32, nullptr);
+    EXPECT_EQ(launch_counts(), (std::map<std::string, int64_t>{
+                                   {"split_columns_backward_kernel<" + type_name(dt) + ", float>", 1}}));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k = 0; k < cols; ++k) dx[r * S + off + k] += dpiece[r * cols + k];
+    const Output got = device_output("split_backward.dx", *d_dx, DType::f32);
+    const Output want{"split_backward.dx", std::vector<double>(dx.begin(), dx.end()), raw_bytes(dx)};
+    expect_same_bits(c, {want}, {got}, "into an fp32 dx");
+  }
+  reset_launch_counts();
+  auto d = poisoned(64);
+  EXPECT_THROW(split_columns(d->get(), d->get(), 2, 5, 8, 4, DType::f32, nullptr), std::invalid_argument);
+  EXPECT_THROW(split_columns(d->get(), d->get(), 2, 1, 8, -1, DType::f32, nullptr), std::invalid_argument);
+  EXPECT_THROW(split_columns_backward(d->get(), d->get(), 2, 9, 8, 0, DType::f32, DType::f32, nullptr),
+               std::invalid_argument);
+  EXPECT_THROW(split_columns_backward(d->get(), d->get(), 2, 4, 8, 0, DType::f32, DType::bf16, nullptr),
+               std::invalid_argument);
+  EXPECT_THROW(split_columns(d->get(), d->get(), 2, 4, 8, 0, DType::f64, nullptr), std::invalid_argument);
+  split_columns_backward(d->get(), nullptr, 2, 4, 8, 0, DType::f32, DType::f32, nullptr);  // no dx: nothing
+  split_columns(d->get(), d->get(), 0, 4, 8, 0, DType::f32, nullptr);                      // no rows: nothing
   EXPECT_TRUE(launch_counts().empty());
 }
 
