@@ -17,8 +17,10 @@ endfunction()
 
 # ptrain_test(NAME SOURCES... [LABELS l] [TIMEOUT s] [DEPS x]): one GoogleTest binary,
 # registered as one ctest case (the binary runs all its TESTs).
+# ARGS: arguments of the registered run (e.g. a --gtest_filter); ptrain_test_run registers
+# further runs of the same binary (a long test file split into cases that run in parallel).
 function(ptrain_test name)
-  cmake_parse_arguments(A "" "TIMEOUT" "SOURCES;LABELS;DEPS" ${ARGN})
+  cmake_parse_arguments(A "" "TIMEOUT" "SOURCES;LABELS;DEPS;ARGS" ${ARGN})
   add_executable(${name} ${A_SOURCES})
   target_link_libraries(${name} PRIVATE ${A_DEPS} GTest::gtest GTest::gtest_main)
   target_compile_options(${name} PRIVATE ${PTRAIN_WARNINGS})
@@ -28,8 +30,24 @@ function(ptrain_test name)
   if(NOT A_LABELS)
     set(A_LABELS cpu)
   endif()
-  add_test(NAME ${name} COMMAND ${name})
+  add_test(NAME ${name} COMMAND ${name} ${A_ARGS})
   # A binary whose every test skipped (no GPU, not the emulated build) is reported skipped.
+  set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
+    SKIP_REGULAR_EXPRESSION "\\[  PASSED  \\] 0 tests"
+    ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
+endfunction()
+
+# ptrain_test_run(NAME BINARY b [ARGS ...] [LABELS l] [TIMEOUT s]): another ctest case running
+# the test binary `b` (made by ptrain_test) with ARGS, with the same conventions.
+function(ptrain_test_run name)
+  cmake_parse_arguments(A "" "TIMEOUT;BINARY" "LABELS;ARGS" ${ARGN})
+  if(NOT A_TIMEOUT)
+    set(A_TIMEOUT 120)
+  endif()
+  if(NOT A_LABELS)
+    set(A_LABELS cpu)
+  endif()
+  add_test(NAME ${name} COMMAND ${A_BINARY} ${A_ARGS})
   set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
     SKIP_REGULAR_EXPRESSION "\\[  PASSED  \\] 0 tests"
     ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
@@ -87,5 +105,21 @@ function(ptrain_mpi_test name)
   add_test(NAME ${name} COMMAND ${MPIEXEC_EXECUTABLE} ${PTRAIN_MPIEXEC_FLAGS} -np ${A_NP}
                                 $<TARGET_FILE:${name}>)
   set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT} RESOURCE_LOCK mpi${A_NP}
+    ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
+endfunction()
+
+# ptrain_test_run(NAME BINARY b [ARGS ...] [LABELS l] [TIMEOUT s]): another ctest case running
+# the test binary `b` (made by ptrain_test) with ARGS, with the same conventions.
+function(ptrain_test_run name)
+  cmake_parse_arguments(A "" "TIMEOUT;BINARY" "LABELS;ARGS" ${ARGN})
+  if(NOT A_TIMEOUT)
+    set(A_TIMEOUT 120)
+  endif()
+  if(NOT A_LABELS)
+    set(A_LABELS cpu)
+  endif()
+  add_test(NAME ${name} COMMAND ${A_BINARY} ${A_ARGS})
+  set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
+    SKIP_REGULAR_EXPRESSION "\\[  PASSED  \\] 0 tests"
     ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
 endfunction()
