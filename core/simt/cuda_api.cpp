@@ -5,7 +5,8 @@
 // link libcudart. Invariants:
 //  * Device memory is one arena mapped PROT_NONE outside kernels and copies: host code that
 //    dereferences a device pointer crashes (SIGSEGV, reported with the arena's range), as on a
-//    GPU. cudaMalloc is first-fit at 512-byte alignment (what drivers return in practice; the caching allocator requires it) and fills new memory with 0xFF (NaN);
+//    GPU. cudaMalloc is first-fit at 512-byte alignment (what drivers return in practice; the
+//    caching allocator requires it) and fills new memory with 0xFF (NaN);
 //    allocations of 64 MiB or more are advised onto transparent huge pages (cheaper to touch
 //    and to flip the protection of: tests/cuda/test_index64.cpp uses 4 GB buffers).
 //  * Streams are deferred queues. Nothing runs until a synchronising call; then the ready heads
