@@ -19,7 +19,9 @@
 //    keeps every intermediate in T, bit-for-bit the kernel before the parameter existed (also
 //    f64), except where dk and dv alias (their sum's order is now dv's blocks first).
 //    bf16 / f16 round exactly where the device attention (core/cuda/attention.h) stores in
-//    its dtype, so the two agree up to fp32 summation order (Hugging Face eager semantics):
+//    its dtype (Hugging Face eager semantics), and the softmax rows are summed in the same
+//    order with the same exp (core/cuda/causal_softmax.cu), so in the emulated build (the
+//    same BLAS for the GEMMs) the two are bit-identical:
 //      forward:  S = scale · q kᵀ in fp32 (alpha = scale: BLAS multiplies the fp32 dot product
 //                by alpha once, as the device's softmax does), P = softmax(S) in fp32 and
 //                rounded to `store` (saved so, and read so by out = P v);
@@ -29,7 +31,7 @@
 //                is rounded to dk_store / dv_store after each group member has added all its
 //                row blocks (the device's one beta = 1 GEMM per member); dq is not rounded
 //                here (one contribution per element: the caller rounds once).
-//    In f32 the backward applies the scale as the dq / dk GEMMs' alpha instead (unchanged).
+//    f32 / f64 fold the scale into dS the same way (not rounded), then dq / dk with alpha 1.
 #include <omp.h>
 
 #include <algorithm>
@@ -64,21 +66,34 @@ bool run_parallel(int64_t work) { return work >= kParallelMin && omp_get_max_thr
 /// r = x - n ln 2 (two-part ln 2), exp(r) by the Cephes degree-6 polynomial (~1 ulp), times
 /// 2^n from the exponent bits. Returns 0 below ln(FLT_MIN) (no denormals), NaN for NaN.
 /// Positive x gives garbage (callers mask those lanes).
+/// a*b + c with one rounding where the target has FMA, else a plain multiply and add: the
+/// multiply-adds of the softmax are written out, so no compiler's contraction choice changes
+/// the bits, and the device kernels (core/cuda/causal_softmax.cu) compute the same ones.
+inline float fmadd(float a, float b, float c) {
+#ifdef __FMA__
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+inline double fmadd(double a, double b, double c) { return a * b + c; }
+
+/// The device's softmax kernels have this function operation for operation (cpu_exp_nonpos).
 inline float exp_nonpos(float x) {
   constexpr float kLo = -87.3365478f, kMagic = 12582912.0f;  // 1.5 * 2^23
   const float xc = x < kLo ? kLo : x;
-  const float t = xc * 1.44269504088896341f + kMagic;
+  const float t = fmadd(xc, 1.44269504088896341f, kMagic);
   const float n = t - kMagic;
   const uint32_t ni = std::bit_cast<uint32_t>(t) - std::bit_cast<uint32_t>(kMagic);
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
+  float r = fmadd(-n, 0.693359375f, xc);
+  r = fmadd(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  p = fmadd(p, r, 1.3981999507e-3f);
+  p = fmadd(p, r, 8.3334519073e-3f);
+  p = fmadd(p, r, 4.1665795894e-2f);
+  p = fmadd(p, r, 1.6666665459e-1f);
+  p = fmadd(p, r, 5.0000001201e-1f);
+  p = fmadd(p * r, r, r) + 1.0f;
   const float e = p * std::bit_cast<float>((ni + 127u) << 23);
   return x < kLo ? 0.0f : e;
 }
@@ -103,20 +118,6 @@ inline void combine_lanes(T (&acc)[kLanes]) {
   for (int l = 0; l < 4; ++l) acc[l] += acc[l + 4];
   for (int l = 0; l < 2; ++l) acc[l] += acc[l + 2];
   acc[0] += acc[1];
-}
-
-/// sum_{i<n} f(i): kLanes interleaved accumulators (kept in registers: constant lane indices)
-/// combined pairwise, then the scalar tail; a fixed order for a given n.
-template <class T, class F>
-inline T lane_sum(int64_t n, F f) {
-  T acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += f(i + l);
-  combine_lanes(acc);
-  T tail = T(0);
-  for (; i < n; ++i) tail += f(i);
-  return acc[0] + tail;
 }
 
 /// Causal softmax of one score row in place: s[0, n) <- softmax(s[0, n)) (max subtracted,
@@ -167,7 +168,15 @@ void causal_softmax_row(T* __restrict__ s, int64_t n, int64_t width) {
 /// gives zeros there without a mask.
 template <class T>
 void softmax_backward_row(T* __restrict__ ds, const T* __restrict__ p, int64_t n) {
-  const T dot = lane_sum<T>(n, [=](int64_t j) { return ds[j] * p[j]; });
+  // lane_sum's order with the multiply-adds written out (the device kernel's, see fmadd)
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] = fmadd(ds[i + l], p[i + l], acc[l]);
+  combine_lanes(acc);
+  T tail = T(0);
+  for (; i < n; ++i) tail = fmadd(ds[i], p[i], tail);
+  const T dot = acc[0] + tail;
   for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - dot);
 }
 
@@ -265,7 +274,7 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
   const int64_t G = Hq / Hkv;
   const int64_t ldq = Hq * D, ldkv = Hkv * D;
   const T scale = T(1) / std::sqrt(static_cast<T>(D));
-  const T gemm_scale = round_ds ? T(1) : scale;  // rounded dS already holds the scale
+  const T gemm_scale = T(1);  // dS holds the scale (as the device's kernel stores it)
   const bool need_ds = dq || dk;
   const int64_t block = std::min(Tn, kRowBlock);
 #pragma omp parallel if (run_parallel(2 * B * Hq * Tn * Tn * D))
@@ -303,11 +312,10 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
           // dP[r0:r1, 0:r1] = dO[r0:r1] V^T[:, 0:r1], then dS in place
           gemm<T>(false, false, rows, r1, D, T(1), dob + r0 * ldq, ldq, vt.data(), Tn, T(0), dS, Tn);
           for (int64_t t = r0; t < r1; ++t) softmax_backward_row(dS + (t - r0) * Tn, P + t * Tn, r1);
-          if (round_ds) {  // dS = round(dS · scale), as the device's softmax-backward kernel stores it
-            for (int64_t i = 0; i < rows; ++i)
-              for (int64_t j = 0; j < r1; ++j) dS[i * Tn + j] *= scale;
-            round_rows(dS, rows, r1, Tn, store);
-          }
+          // dS = dS · scale (rounded in bf16 / f16), as the device's softmax-backward kernel stores it
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < r1; ++j) dS[i * Tn + j] *= scale;
+          if (round_ds) round_rows(dS, rows, r1, Tn, store);
           // dQ[r0:r1] += scale dS K[0:r1] ; dK[0:r1] += scale dS^T Q[r0:r1] (scale 1 when folded)
           if (dqb) gemm<T>(false, false, rows, D, r1, gemm_scale, dS, Tn, kb, ldkv, T(1), dqb + r0 * ldq, ldq);
           if (dkb) gemm<T>(true, false, r1, D, rows, gemm_scale, dS, Tn, qb + r0 * ldq, ldq, T(1), dkb, ldkv);

@@ -112,7 +112,9 @@ void rms_norm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx
         for (int64_t c = 0; c < C; ++c) dxr[c] += rs * w[c] * dyr[c] - coef * xr[c];
       }
       if (dw)
-        for (int64_t c = 0; c < C; ++c) pw[c] += dyr[c] * xr[c] * rs;
+        // one explicit fused multiply-add, as the device kernel: the same bits whatever the
+        // compiler would otherwise contract (core/cuda/rms_norm.cu)
+        for (int64_t c = 0; c < C; ++c) pw[c] = std::fma(dyr[c] * xr[c], rs, pw[c]);
     }
   };
   chunked_rows<T>(rows, C, dw ? C : 0, body, [=](const T* sum) {

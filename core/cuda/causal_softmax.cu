@@ -5,15 +5,20 @@
 // over rows; the loop bound is uniform across the block, so every thread reaches every
 // barrier), threads striding the columns.
 // Invariants:
-//  * forward: x = scale · s (fp32, __fmul_rn: the same x in both passes, never contracted), online (max, Σexp) per thread, combined by
-//    kern::block_max_sum (a fixed tree: bit-identical across thread and block orders);
-//    p = expf(x − m) · (1 / Σ) as core/cpu's causal_softmax_row (exp, then times the inverse),
-//    rounded once to T; entries t' > t are stored as exact zeros.
-//  * backward: dot = Σ_{t' <= t} dp · p (kern::block_sum); ds = (p (dp − dot)) · scale,
-//    rounded once to T; zeros above the diagonal.
-//  * In place (s == p, dp == ds, only for T = float): each element is read and then written by
-//    the same thread, and every read of the first pass happens before the block reduction's
-//    barrier: no element is overwritten before the whole block has read it.
+//  * The arithmetic and summation order are core/cpu/attention.cpp's (causal_softmax_row,
+//    softmax_backward_row), so the probabilities and dS are the CPU reference's bits (in bf16
+//    this keeps a device run on the CPU's trajectory): 16 lanes (one thread each) over whole
+//    vectors of 16 columns, combined pairwise, then the tail in order; exp is the CPU's
+//    polynomial (cpu_exp_nonpos), the multiply-adds written out (__fmaf_rn, never contracted).
+//  * forward: x = scale · s (fp32, __fmul_rn: the CPU's GEMM applies alpha = scale to the
+//    same fp32 dot product); m = max over t' <= t (exact, any order); Σ over the lanes of
+//    w = min(T, roundup(n, 16)) columns (masked to 0 beyond t), tail [w16, w) in order;
+//    p = exp(x − m) · (1 / Σ), rounded once to T; entries t' > t are stored as exact zeros.
+//  * backward: dot = Σ dp · p over the CPU's row-block width r1 = min(T, (t / 64 + 1) · 64)
+//    (p is 0 beyond t) in the same lane order; ds = (p (dp − dot)) · scale, rounded once to T;
+//    zeros above the diagonal.
+//  * In place (s == p, dp == ds, only for T = float): a barrier separates every read of the
+//    row's statistics passes (the tail is read by every thread) from the writes.
 //  * Indices and offsets are 64-bit.
 #include "core/cuda/runtime.h"
 
@@ -28,6 +33,53 @@ using kern::from_f32;
 using kern::to_f32;
 
 constexpr unsigned kRowThreads = 256;  // threads per row block (fewer for short rows)
+constexpr int kLanes = 16;             // core/cpu/attention.cpp's kLanes
+constexpr int64_t kCpuRowBlock = 64;   // and its kRowBlock (the backward's dot runs over its width)
+
+/// core/cpu/attention.cpp's exp_nonpos, operation for operation.
+__device__ __forceinline__ float cpu_exp_nonpos(float x) {
+  const float kLo = -87.3365478f, kMagic = 12582912.0f;
+  const float xc = x < kLo ? kLo : x;
+  const float t = __fmaf_rn(xc, 1.44269504088896341f, kMagic);
+  const float n = __fsub_rn(t, kMagic);
+  const unsigned ni = __float_as_uint(t) - __float_as_uint(kMagic);
+  float r = __fmaf_rn(-n, 0.693359375f, xc);
+  r = __fmaf_rn(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = __fmaf_rn(p, r, 1.3981999507e-3f);
+  p = __fmaf_rn(p, r, 8.3334519073e-3f);
+  p = __fmaf_rn(p, r, 4.1665795894e-2f);
+  p = __fmaf_rn(p, r, 1.6666665459e-1f);
+  p = __fmaf_rn(p, r, 5.0000001201e-1f);
+  p = __fadd_rn(__fmaf_rn(__fmul_rn(p, r), r, r), 1.0f);
+  const float e = __fmul_rn(p, __uint_as_float((ni + 127u) << 23));
+  return x < kLo ? 0.0f : e;
+}
+
+/// Σ_{j<w} f(j) in the CPU's lane order (16 lanes over [0, w16), pairwise, then the tail in
+/// order added to the combined lanes); `fma_terms`: each term is a multiply-add into the
+/// accumulator (f returns the pair) — see the callers. Every thread gets the sum. `red`:
+/// kLanes + 1 floats of shared memory. Called by all threads of the block.
+template <class F>
+__device__ float cpu_lane_sum(int64_t w, F add, float* red) {
+  const int64_t w16 = w / kLanes * kLanes;
+  if (threadIdx.x < static_cast<unsigned>(kLanes)) {
+    float a = 0.0f;
+    for (int64_t j = threadIdx.x; j < w16; j += kLanes) a = add(a, j);
+    red[threadIdx.x] = a;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int l = 0; l < 8; ++l) red[l] = __fadd_rn(red[l], red[l + 8]);
+    for (int l = 0; l < 4; ++l) red[l] = __fadd_rn(red[l], red[l + 4]);
+    for (int l = 0; l < 2; ++l) red[l] = __fadd_rn(red[l], red[l + 2]);
+    red[kLanes] = __fadd_rn(red[0], red[1]);
+  }
+  __syncthreads();
+  const float s = red[kLanes];
+  __syncthreads();  // red is reused
+  return s;
+}
 
 /// Start (elements) of row `row` of a buffer addressed by (o, i, t) with strides (so, si, T).
 __device__ __forceinline__ int64_t row_offset(int64_t row, int64_t n_inner, int64_t T, int64_t so, int64_t si,
@@ -41,18 +93,38 @@ __device__ __forceinline__ int64_t row_offset(int64_t row, int64_t n_inner, int6
 template <class T>
 __global__ void causal_softmax_forward_kernel(const float* s, T* p, int64_t rows, int64_t n_inner, int64_t Tn,
                                               int64_t s_so, int64_t s_si, int64_t p_so, int64_t p_si, float scale) {
-  PT_SHARED(kern::MaxSum, red, [32]);
+  PT_SHARED(float, red, [kRowThreads]);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {  // uniform across the block
     int64_t t = 0;
     const float* sr = s + row_offset(row, n_inner, Tn, s_so, s_si, &t);  // [Tn]
     T* pr = p + row_offset(row, n_inner, Tn, p_so, p_si, &t);            // [Tn]
     const int64_t n = t + 1;
-    kern::MaxSum ms{-INFINITY, 0.0f};
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) ms = kern::max_sum_push(ms, __fmul_rn(sr[j], scale));
-    ms = kern::block_max_sum(ms, red);
-    const float m = ms.m, inv = 1.0f / ms.s;
+    // the max over t' <= t (exact in any order)
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      const float x = __fmul_rn(sr[j], scale);
+      m = x > m ? x : m;
+    }
+    red[threadIdx.x] = m;
+    __syncthreads();
+    m = red[0];
+    for (unsigned k = 1; k < blockDim.x; ++k) m = red[k] > m ? red[k] : m;
+    __syncthreads();
+    // Σ exp(x − m) in the CPU's order: lanes over whole vectors, then the tail [w16, w) in order
+    const int64_t w = Tn < (n + kLanes - 1) / kLanes * kLanes ? Tn : (n + kLanes - 1) / kLanes * kLanes;
+    float sum = cpu_lane_sum(
+        w,
+        [sr, scale, m, n](float a, int64_t j) {
+          return __fadd_rn(a, j < n ? cpu_exp_nonpos(__fsub_rn(__fmul_rn(sr[j], scale), m)) : 0.0f);
+        },
+        red);
+    for (int64_t j = w / kLanes * kLanes; j < w; ++j)  // every thread, the same order: same bits
+      sum = __fadd_rn(sum, j < n ? cpu_exp_nonpos(__fsub_rn(__fmul_rn(sr[j], scale), m)) : 0.0f);
+    const float inv = 1.0f / sum;
+    __syncthreads();  // in place (s == p): every thread's reads of the row end before any write
     for (int64_t j = threadIdx.x; j < Tn; j += blockDim.x)
-      pr[j] = j < n ? from_f32<T>(expf(__fmul_rn(sr[j], scale) - m) * inv) : from_f32<T>(0.0f);
+      pr[j] = j < n ? from_f32<T>(__fmul_rn(cpu_exp_nonpos(__fsub_rn(__fmul_rn(sr[j], scale), m)), inv))
+                    : from_f32<T>(0.0f);
   }
 }
 
@@ -60,7 +132,7 @@ template <class T>
 __global__ void causal_softmax_backward_kernel(const T* __restrict__ p, const float* dp, T* ds, int64_t rows,
                                                int64_t n_inner, int64_t Tn, int64_t p_so, int64_t p_si, int64_t d_so,
                                                int64_t d_si, float scale) {
-  PT_SHARED(float, red, [32]);
+  PT_SHARED(float, red, [kLanes + 1]);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {  // uniform across the block
     int64_t t = 0;
     const T* pr = p + row_offset(row, n_inner, Tn, p_so, p_si, &t);          // [Tn]
@@ -68,9 +140,14 @@ __global__ void causal_softmax_backward_kernel(const T* __restrict__ p, const fl
     const float* dpr = dp + off;                                             // [Tn]
     T* dsr = ds + off;                                                       // [Tn]
     const int64_t n = t + 1;
-    float dot = 0.0f;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) dot += dpr[j] * to_f32(pr[j]);
-    dot = kern::block_sum(dot, red);
+    // Σ dp · p over the CPU's row-block width (p is 0 beyond t: the extra terms add ±0)
+    const int64_t r1 = (t / kCpuRowBlock + 1) * kCpuRowBlock < Tn ? (t / kCpuRowBlock + 1) * kCpuRowBlock : Tn;
+    const auto term = [dpr, pr, n](float a, int64_t j) { return j < n ? __fmaf_rn(dpr[j], to_f32(pr[j]), a) : a; };
+    float dot = cpu_lane_sum(r1, term, red);
+    float tail = 0.0f;
+    for (int64_t j = r1 / kLanes * kLanes; j < r1; ++j) tail = term(tail, j);
+    dot = __fadd_rn(dot, tail);
+    __syncthreads();  // in place (dp == ds): every thread's reads of the row end before any write
     for (int64_t j = threadIdx.x; j < Tn; j += blockDim.x)
       dsr[j] = j < n ? from_f32<T>(to_f32(pr[j]) * (dpr[j] - dot) * scale) : from_f32<T>(0.0f);
   }

@@ -5,13 +5,20 @@
 // Invariants:
 //  * Padding columns are never read and never written (as if masked to -inf); no second
 //    [N, Vp] buffer: the softmax is recomputed from the logits and lse in the backward.
-//  * Forward: one block per row (grid-strided), each thread keeps an online (max, Σ exp(x -
-//    max)) over its strided columns, combined by a fixed-tree block reduction
-//    (core/cuda/reduce.cuh); lse = max + logf(sum), fp32, saved for every row (ignored rows
-//    included). losses = lse - x[target], 0 for target < 0. expf (full precision), not __expf.
-//  * Backward accumulates (+=): dlogits[i, j] = round(dlogits[i, j] + dloss[i] * (exp(x - lse)
-//    - [j == target])) for j < V, in fp32 with one rounding; the target column gets
-//    dloss * (p - 1) in one expression, as core/cpu does. Ignored rows are not written.
+//  * Forward: one block per row (grid-strided), the statistics in core/cpu/cross_entropy.cpp's
+//    order and arithmetic, so lse and the losses are the CPU reference's bits: the row max
+//    (exact in any order), then Σ exp(x - max) as the CPU's row_lse sums it — 16 lanes (one
+//    thread each), within each 256-column block an fp32 partial per lane, added to the lane's
+//    fp64 sum, the tail columns in fp64 per lane, the lanes added in order — and
+//    lse = max + log(sum) in fp64, saved as fp32 for every row (ignored rows included);
+//    losses = (fp32)(lse - x[target]) from the fp64 lse, 0 for target < 0. exp is the CPU's
+//    polynomial (cpu_exp below, the same operations, fused multiply-adds written out), not
+//    expf. Bit-identical losses and gradients mean a device run follows the CPU's in bf16
+//    (a one-ulp flip of one logit gradient was the first difference between the two).
+//    The cost: 16 active lanes per row; the exps dominate either way.
+//  * Backward accumulates (+=): dlogits[i, j] = round(fma(dloss[i], p, dlogits[i, j])) with
+//    p = exp(x - lse) - [j == target], for j < V, in fp32 with one rounding, as core/cpu does.
+//    Ignored rows are not written.
 //  * No atomics; every thread's result depends only on its row: bit-identical across runs.
 //  * target >= V is a caller bug (checked by the op on the host, as core/cpu does).
 #include "core/cuda/runtime.h"
@@ -27,24 +34,78 @@ using kern::from_f32;
 using kern::MaxSum;
 using kern::to_f32;
 
-constexpr unsigned kThreads = 512;  // threads per row block (fewer for a short vocabulary)
+constexpr unsigned kThreads = 512;       // threads per row block of the backward
+constexpr unsigned kForwardThreads = 32;  // one warp per row: 16 lanes sum, all take the max
+constexpr int kLanes = 16;                // core/cpu/cross_entropy.cpp's kLanes
+constexpr int64_t kLaneBlock = 256;       // and its kBlock
+
+/// core/cpu/cross_entropy.cpp's fast_exp, operation for operation (x <= ~0; 0 below -87.33).
+__device__ __forceinline__ float cpu_exp(float x) {
+  const float xc = x < -87.33f ? -87.33f : (x > 88.0f ? 88.0f : x);
+  const float t = __fmaf_rn(xc, 1.44269504088896341f, 12582912.0f);
+  const float n = __fsub_rn(t, 12582912.0f);
+  float r = __fmaf_rn(-n, 0.693359375f, xc);
+  r = __fmaf_rn(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = __fmaf_rn(p, r, 1.3981999507e-3f);
+  p = __fmaf_rn(p, r, 8.3334519073e-3f);
+  p = __fmaf_rn(p, r, 4.1665795894e-2f);
+  p = __fmaf_rn(p, r, 1.6666665459e-1f);
+  p = __fmaf_rn(p, r, 5.0000001201e-1f);
+  p = __fadd_rn(__fmaf_rn(p, __fmul_rn(r, r), r), 1.0f);
+  const unsigned e = (__float_as_uint(t) - 0x4B400000u + 127u) << 23;
+  const float y = __fmul_rn(p, __uint_as_float(e));
+  return x < -87.33f ? 0.0f : y;
+}
 
 template <class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, const int32_t* __restrict__ targets,
                                              float* __restrict__ losses, float* __restrict__ lse, int64_t N,
                                              int64_t Vp, int64_t V) {
-  PT_SHARED(MaxSum, red, [32]);
+  PT_SHARED(float, maxes, [kForwardThreads]);
+  PT_SHARED(double, lanes, [kLanes]);
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {  // uniform across the block
     const T* x = logits + i * Vp;                         // [Vp], columns [0, V) read
-    MaxSum p{-INFINITY, 0.0f};
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) p = kern::max_sum_push(p, to_f32(x[j]));
-    p = kern::block_max_sum(p, red);
-    if (threadIdx.x == 0) {
-      const float l = p.m + logf(p.s);
-      const int32_t t = targets[i];
-      lse[i] = l;
-      losses[i] = t < 0 ? 0.0f : l - to_f32(x[t]);
+    // the row max, as the CPU's (x[j] > m ? x[j] : m from x[0]): exact in any order
+    float m = to_f32(x[0]);
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+      const float v = to_f32(x[j]);
+      m = v > m ? v : m;
     }
+    maxes[threadIdx.x] = m;
+    __syncthreads();
+    m = maxes[0];
+    for (unsigned k = 1; k < blockDim.x; ++k) m = maxes[k] > m ? maxes[k] : m;
+    // Σ exp(x - m) in the CPU's lanes and blocks (see the file comment)
+    if (threadIdx.x < static_cast<unsigned>(kLanes)) {
+      const int64_t l = threadIdx.x;
+      double acc = 0.0;
+      int64_t j = 0;
+      for (; j + kLaneBlock <= V; j += kLaneBlock) {
+        float part = 0.0f;
+        for (int64_t k = 0; k < kLaneBlock; k += kLanes) part = __fadd_rn(part, cpu_exp(__fsub_rn(to_f32(x[j + k + l]), m)));
+        acc += static_cast<double>(part);
+      }
+      for (int64_t c = j + l; c < V; c += kLanes) acc += static_cast<double>(cpu_exp(__fsub_rn(to_f32(x[c]), m)));
+      lanes[l] = acc;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      double L;
+      if (m == -INFINITY) {
+        L = -INFINITY;
+      } else if (m != m || m == INFINITY) {  // NaN or +inf: the CPU returns m
+        L = static_cast<double>(m);
+      } else {
+        double sum = 0.0;
+        for (int k = 0; k < kLanes; ++k) sum += lanes[k];
+        L = static_cast<double>(m) + log(sum);
+      }
+      const int32_t t = targets[i];
+      lse[i] = static_cast<float>(L);
+      losses[i] = t < 0 ? 0.0f : static_cast<float>(L - static_cast<double>(to_f32(x[t])));
+    }
+    __syncthreads();  // maxes and lanes are reused for the next row
   }
 }
 
@@ -59,8 +120,8 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, cons
     T* dx = dlogits + i * Vp;      // [Vp]
     const float g = dloss[i], l = lse[i];
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      const float p = expf(to_f32(x[j]) - l);
-      dx[j] = from_f32<T>(to_f32(dx[j]) + g * (j == t ? p - 1.0f : p));
+      const float p = cpu_exp(__fsub_rn(to_f32(x[j]), l));
+      dx[j] = from_f32<T>(__fmaf_rn(g, j == t ? __fsub_rn(p, 1.0f) : p, to_f32(dx[j])));
     }
   }
 }
@@ -72,9 +133,8 @@ void cross_entropy_forward(const void* logits, const int32_t* targets, float* lo
   kern::check_dtype("cross_entropy_forward", dt);
   if (V < 1 || V > Vp) throw std::invalid_argument("cross_entropy_forward: need 1 <= V <= Vp");
   if (N <= 0) return;
-  const unsigned threads = kern::row_block_threads(V, kThreads);
 #define PT_CROSS_ENTROPY_FORWARD(T)                                                                        \
-  PT_LAUNCH((cross_entropy_forward_kernel<T>), kern::grid_blocks(N), threads, 0, stream,                  \
+  PT_LAUNCH((cross_entropy_forward_kernel<T>), kern::grid_blocks(N), kForwardThreads, 0, stream,          \
             static_cast<const T*>(logits), targets, losses, lse, N, Vp, V)
   PT_DTYPE_SWITCH(dt, PT_CROSS_ENTROPY_FORWARD)
 #undef PT_CROSS_ENTROPY_FORWARD

@@ -3,15 +3,22 @@
 // Shapes: x, y, dy, dx [rows, C]; w, dw [C]; rstd [rows] fp32 (saved by the forward).
 // Invariants:
 //  * Forward overwrites y and rstd; backward accumulates (+=) into dx and dw, each optional.
-//  * Row statistics (Σ x^2, Σ dy·w·x) are fp32 block reductions with a fixed tree
-//    (core/cuda/reduce.cuh): one block per row, threads striding the columns.
+//  * Row statistics (Σ x^2, Σ dy·w·x) are fp32 sums in core/cpu/norm.cpp's order (lane_sum:
+//    16 interleaved accumulators, each in column order, combined pairwise, then the tail):
+//    the first 16 threads of the row's block sum one lane each, thread 0 combines. rstd is
+//    then the CPU reference's bits, so are dw (same chunks and order below) and, through
+//    them, the gradient norm and the clip: a device bf16 run follows the CPU's bf16 run bit
+//    for bit where the rest of the step does (the norm weights' fp32 gradients were the first
+//    difference between the two). A tree over all threads would be faster for wide rows; the
+//    row statistics are a small part of a norm, itself a small part of a step.
 //    rstd = 1 / sqrtf(Σx²/C + eps) with IEEE sqrt and division (not rsqrtf), as the CPU.
 //  * dw is reduced without atomics: the partial of chunk k (rows [64k, 64k+64), in row order,
 //    one thread per column) goes to scratch[k, C]; a second kernel adds the partials in
 //    chunk order and then adds the sum to dw, rounding once. The chunking is core/cpu's
 //    (kReduceChunk = 64 rows), so the summation order is the CPU's.
 //  * Expressions follow core/cpu/norm.cpp term for term: y = w * (x * rstd);
-//    dx += rstd * w * dy - (Σ dy·w·x · rstd³ / C) * x; dw partial += dy * x * rstd.
+//    dx += rstd * w * dy - (Σ dy·w·x · rstd³ / C) * x; dw partial = fma(dy * x, rstd, partial)
+//    (explicit on both sides, so no compiler's contraction choice changes the bits).
 #include "core/cuda/runtime.h"
 
 #include "core/cuda/ops.h"
@@ -26,6 +33,34 @@ using kern::to_f32;
 
 constexpr unsigned kRowThreads = 256;  // threads per row block (fewer for short rows)
 constexpr unsigned kColThreads = 256;  // threads per column block of the dw kernels
+constexpr int kLanes = 16;             // core/cpu/norm.cpp's lane_sum
+
+/// Σ_{c<C} f(c) in core/cpu/norm.cpp's lane_sum order (see the file comment); every thread of
+/// the block gets the same value. `red`: kLanes + 1 floats of shared memory, free on return.
+/// Called by all threads of the block (it has barriers).
+template <class F>
+__device__ float cpu_order_sum(int64_t C, F f, float* red) {
+  const int64_t full = C / kLanes * kLanes;
+  if (threadIdx.x < static_cast<unsigned>(kLanes)) {
+    float a = 0.0f;
+    for (int64_t c = threadIdx.x; c < full; c += kLanes) a += f(c);
+    red[threadIdx.x] = a;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int l = 0; l < 8; ++l) red[l] += red[l + 8];
+    for (int l = 0; l < 4; ++l) red[l] += red[l + 4];
+    for (int l = 0; l < 2; ++l) red[l] += red[l + 2];
+    red[0] += red[1];
+    float tail = 0.0f;
+    for (int64_t c = full; c < C; ++c) tail += f(c);
+    red[kLanes] = red[0] + tail;
+  }
+  __syncthreads();
+  const float s = red[kLanes];
+  __syncthreads();  // red is reused for the next row
+  return s;
+}
 
 /// One block per row (grid-strided): rstd[r] and y[r, :].
 template <class T>
@@ -35,12 +70,13 @@ __global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __rest
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {  // uniform across the block
     const T* xr = x + r * C;                                 // [C]
     T* yr = y + r * C;                                       // [C]
-    float ss = 0.0f;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const float v = to_f32(xr[c]);
-      ss += v * v;
-    }
-    ss = kern::block_sum(ss, red);
+    const float ss = cpu_order_sum(
+        C,
+        [xr](int64_t c) {
+          const float v = to_f32(xr[c]);
+          return v * v;
+        },
+        red);
     const float rs = 1.0f / sqrtf(ss / static_cast<float>(C) + eps);
     if (threadIdx.x == 0) rstd[r] = rs;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) yr[c] = from_f32<T>(to_f32(w[c]) * (to_f32(xr[c]) * rs));
@@ -58,9 +94,8 @@ __global__ void rms_norm_backward_dx_kernel(const T* __restrict__ dy, const T* _
     const T* dyr = dy + r * C;                               // [C]
     const T* xr = x + r * C;                                 // [C]
     T* dxr = dx + r * C;                                     // [C]
-    float dot = 0.0f;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dot += to_f32(dyr[c]) * to_f32(w[c]) * to_f32(xr[c]);
-    dot = kern::block_sum(dot, red);
+    const float dot =
+        cpu_order_sum(C, [dyr, w, xr](int64_t c) { return to_f32(dyr[c]) * to_f32(w[c]) * to_f32(xr[c]); }, red);
     const float rs = rstd[r];
     const float coef = dot * rs * rs * rs * inv_c;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
@@ -80,7 +115,8 @@ __global__ void rms_norm_backward_dw_partial_kernel(const T* __restrict__ dy, co
     const int64_t r1 = r0 + kRmsNormDwChunk < rows ? r0 + kRmsNormDwChunk : rows;
     for (int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; c < C; c += cstride) {
       float acc = 0.0f;
-      for (int64_t r = r0; r < r1; ++r) acc += to_f32(dy[r * C + c]) * to_f32(x[r * C + c]) * rstd[r];
+      for (int64_t r = r0; r < r1; ++r)  // one explicit fma, as core/cpu/norm.cpp
+        acc = __fmaf_rn(__fmul_rn(to_f32(dy[r * C + c]), to_f32(x[r * C + c])), rstd[r], acc);
       partial[k * C + c] = acc;
     }
   }

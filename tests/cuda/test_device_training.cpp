@@ -169,14 +169,13 @@ TEST_F(DeviceTraining, Fp32AndBf16MatchTheCpuAtEveryStep) {
   ASSERT_EQ(dev32.size(), 20u);
   ASSERT_EQ(cpu16.size(), 20u);
   ASSERT_EQ(dev16.size(), 20u);
-  // Bounds. fp32: 1e-5 everywhere (measured on the emulated device: 6e-8). bf16 against the
-  // CPU's bf16: the rounding points are the same, so the losses are bit-identical until a
-  // last-bit fp32 difference (reduction orders in softmax, cross-entropy and the norms; the
-  // GEMMs are bit-identical in the emulated build) flips one bf16 weight, after which Adam
-  // carries it on: measured 3.8e-5 at worst over 20 steps, identical for the first 7. The
-  // issue's 1e-5 needs the same fp32 order in those reductions (not yet); 1e-4 here, 5e-3 on
-  // silicon (cuBLAS sums in its own order).
-  const double bound16 = cuda::emulated() ? 1e-4 : 5e-3, bound32 = cuda::emulated() ? 1e-5 : 1e-4;
+  // Bounds (the issue's): fp32 within 1e-5 of the CPU, bf16 within 1e-5 of the CPU's bf16 run
+  // and 2e-2 of fp32, at every step. In the emulated build the device kernels sum the row
+  // statistics (norms, softmax, cross-entropy) in the CPU's order with the CPU's exp and
+  // explicit fused multiply-adds, and the GEMMs run on the same BLAS: the bf16 run is then
+  // bit-identical to the CPU's (measured: all 20 steps; fp32 differs by 4e-8, the GEMM layouts
+  // of attention). On silicon cuBLAS sums in its own order: 1e-4 / 5e-3 there.
+  const double bound16 = cuda::emulated() ? 1e-5 : 5e-3, bound32 = cuda::emulated() ? 1e-5 : 1e-4;
   double worst32 = 0, worst16 = 0, worst16_32 = 0, worst_norm32 = 0;
   int identical16 = 0;
   for (size_t k = 0; k < 20; ++k) {
