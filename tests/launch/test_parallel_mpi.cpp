@@ -247,3 +247,31 @@ TEST_F(ParallelEquivalence, CheckpointReshardsAcrossLayouts) {
 }
 
 }  // namespace
+
+namespace {
+
+// Device tensors cannot cross ranks yet: a multi-rank run with device: cuda stops on every rank
+// with the same clear message, before any collective (DESIGN.md, "Builds and devices").
+TEST_F(ParallelEquivalence, MultiRankDeviceRunIsRefusedOnEveryRank) {
+  const fs::path dir = root_dir() / "device_refused";
+  Config cfg = parse_config(base_yaml("llama", 2), {"checkpoint.dir=" + dir.string(), "device=cuda"});
+  ValidationContext vc;
+  vc.world_size = world_->size();
+  validate(cfg, vc);
+  RunOptions opt;
+  opt.quiet = true;
+  auto sub = parallel::split_communicator(*world_, 0, world_rank(), "device_refused");
+  Trainer t(cfg, opt, std::move(sub));
+  try {
+    t.run();
+    ADD_FAILURE() << "a " << world_->size() << "-rank run with device: cuda must stop";
+  } catch (const UserError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("device: cuda"), std::string::npos) << m;
+    EXPECT_NE(m.find("HINT"), std::string::npos) << m;
+    EXPECT_TRUE(t.inputs_failed_everywhere()) << "every rank refuses, so rank 0's message speaks for all";
+  }
+  world_->barrier();
+}
+
+}  // namespace
