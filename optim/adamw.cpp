@@ -15,6 +15,7 @@
 #include <cmath>
 #include <set>
 
+#include "core/cpu/fast_math.h"
 #include "optim/chunks.h"
 
 namespace ptrain::optim {
@@ -34,15 +35,9 @@ struct Scalars {
   float neg_step;  // -lr / (1 - beta1^t)    (addcdiv_ value)
 };
 
-// a*b + c with one rounding, as at::vec::fmadd, where the target has FMA; the library is
-// compiled with -ffp-contract=off, so these are the only fused operations (see file comment).
-inline float fmadd(float a, float b, float c) {
-#ifdef __FMA__
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
+// a*b + c with one rounding, as at::vec::fmadd, where the target has FMA (core/cpu/fast_math.h);
+// the library is compiled with -ffp-contract=off, so these are the only fused operations.
+using cpu::fmadd;
 
 template <bool kDecay>
 void adamw_chunk(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,

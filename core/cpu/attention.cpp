@@ -42,6 +42,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/cpu/fast_math.h"
 #include "core/cpu/kernels.h"
 #include "core/dtype.h"
 #include "core/error.h"
@@ -62,42 +63,8 @@ constexpr int64_t kRowBlock = KB_BLOCK;
 
 bool run_parallel(int64_t work) { return work >= kParallelMin && omp_get_max_threads() > 1 && !omp_in_parallel(); }
 
-/// exp(x) in fp32 for x <= 0 (softmax arguments), without branches: n = round(x log2 e),
-/// r = x - n ln 2 (two-part ln 2), exp(r) by the Cephes degree-6 polynomial (~1 ulp), times
-/// 2^n from the exponent bits. Returns 0 below ln(FLT_MIN) (no denormals), NaN for NaN.
-/// Positive x gives garbage (callers mask those lanes).
-/// a*b + c with one rounding where the target has FMA, else a plain multiply and add: the
-/// multiply-adds of the softmax are written out, so no compiler's contraction choice changes
-/// the bits, and the device kernels (core/cuda/causal_softmax.cu) compute the same ones.
-inline float fmadd(float a, float b, float c) {
-#ifdef __FMA__
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
-inline double fmadd(double a, double b, double c) { return a * b + c; }
-
-/// The device's softmax kernels have this function operation for operation (cpu_exp_nonpos).
-inline float exp_nonpos(float x) {
-  constexpr float kLo = -87.3365478f, kMagic = 12582912.0f;  // 1.5 * 2^23
-  const float xc = x < kLo ? kLo : x;
-  const float t = fmadd(xc, 1.44269504088896341f, kMagic);
-  const float n = t - kMagic;
-  const uint32_t ni = std::bit_cast<uint32_t>(t) - std::bit_cast<uint32_t>(kMagic);
-  float r = fmadd(-n, 0.693359375f, xc);
-  r = fmadd(n, 2.12194440e-4f, r);
-  float p = 1.9875691500e-4f;
-  p = fmadd(p, r, 1.3981999507e-3f);
-  p = fmadd(p, r, 8.3334519073e-3f);
-  p = fmadd(p, r, 4.1665795894e-2f);
-  p = fmadd(p, r, 1.6666665459e-1f);
-  p = fmadd(p, r, 5.0000001201e-1f);
-  p = fmadd(p * r, r, r) + 1.0f;
-  const float e = p * std::bit_cast<float>((ni + 127u) << 23);
-  return x < kLo ? 0.0f : e;
-}
-inline double exp_nonpos(double x) { return std::exp(x); }
+/// exp of a softmax argument: core/cpu/fast_math.h's exp_poly (the device's cpu_exp).
+template <class T> inline T exp_nonpos(T x) { return exp_poly(x); }
 
 /// dst[d * ld_dst + j] = src[j * ld_src + d] for j < rows, d < D: a [rows, D] slice transposed,
 /// so that gemm multiplies by it untransposed (OpenBLAS is markedly faster on NN than on NT

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "core/cpu/fast_math.h"
 #include "core/cpu/kernels.h"
 #include "core/error.h"
 
@@ -35,46 +36,7 @@ constexpr int64_t kParallelMin = 32768;
 constexpr int kLanes = 16;
 constexpr int64_t kBlock = 256;  // multiple of kLanes
 
-/// a*b + c with one rounding where the target has FMA (every x86 CPU of the last decade, and
-/// every GPU): the multiply-adds below are written out, so the result does not depend on what
-/// the compiler contracts, and the device kernel (core/cuda/cross_entropy.cu, __fmaf_rn) gets
-/// the same bits. Without FMA (PTRAIN_NATIVE=OFF builds) a plain multiply and add.
-inline float fmadd(float a, float b, float c) {
-#ifdef __FMA__
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
-
-/// exp(x) in float, branch-free (vectorizable). For x < -87.33 (a denormal result) returns 0;
-/// x > 88 is clamped (the callers only pass x <= ~0). NaN propagates. The device kernel has
-/// the same function, operation for operation (cpu_exp in core/cuda/cross_entropy.cu).
-inline float fast_exp(float x) {
-  const float xc = x < -87.33f ? -87.33f : (x > 88.0f ? 88.0f : x);
-  // n = round(x / ln2) with the 1.5 * 2^23 trick: the low mantissa bits of t then hold n.
-  const float t = fmadd(xc, 1.44269504088896341f, 12582912.0f);
-  const float n = t - 12582912.0f;
-  // r = x - n ln2 (Cody-Waite split of ln2), |r| <= ln2 / 2
-  float r = fmadd(-n, 0.693359375f, xc);
-  r = fmadd(n, 2.12194440e-4f, r);
-  // exp(r) by the Cephes minimax polynomial
-  float p = 1.9875691500e-4f;
-  p = fmadd(p, r, 1.3981999507e-3f);
-  p = fmadd(p, r, 8.3334519073e-3f);
-  p = fmadd(p, r, 4.1665795894e-2f);
-  p = fmadd(p, r, 1.6666665459e-1f);
-  p = fmadd(p, r, 5.0000001201e-1f);
-  p = fmadd(p, r * r, r) + 1.0f;
-  // 2^n from the bits of t: bits(t) = 0x4B400000 + n, so the exponent field is n + 127.
-  const uint32_t e = (std::bit_cast<uint32_t>(t) - 0x4B400000u + 127u) << 23;
-  const float y = p * std::bit_cast<float>(e);
-  return x < -87.33f ? 0.0f : y;
-}
-
-template <class T> inline T exp_t(T x);
-template <> inline float exp_t<float>(float x) { return fast_exp(x); }
-template <> inline double exp_t<double>(double x) { return std::exp(x); }
+template <class T> inline T exp_t(T x) { return exp_poly(x); }  // core/cpu/fast_math.h
 
 // The row loops are compute-bound on exp: let them use 512-bit vectors where the ISA has them
 // (results do not depend on the vector width: every reduction below has explicit lanes).
@@ -110,20 +72,18 @@ PTRAIN_WIDE_SIMD double row_lse(const T* __restrict__ x, int64_t V) {
 }
 
 /// dx[0, V) += g * (exp(x - lse) - [j == t])
-template <class T> inline T madd(T a, T b, T c) { return a * b + c; }  // f64 (tests)
-template <> inline float madd<float>(float a, float b, float c) { return fmadd(a, b, c); }
 
 template <class T>
 PTRAIN_WIDE_SIMD void row_backward(const T* __restrict__ x, T* __restrict__ dx, int64_t V, int32_t t, T g, T lse) {
   const T d_target = dx[t];
-  for (int64_t j = 0; j < V; ++j) dx[j] = madd<T>(g, exp_t<T>(x[j] - lse), dx[j]);
-  dx[t] = madd<T>(g, exp_t<T>(x[t] - lse) - T(1), d_target);
+  for (int64_t j = 0; j < V; ++j) dx[j] = fmadd(g, exp_t<T>(x[j] - lse), dx[j]);
+  dx[t] = fmadd(g, exp_t<T>(x[t] - lse) - T(1), d_target);
 }
 
 /// dx[0, V) += g * exp(x - lse): the gradient of a row whose target is in another vocabulary shard.
 template <class T>
 PTRAIN_WIDE_SIMD void row_backward_softmax(const T* __restrict__ x, T* __restrict__ dx, int64_t V, T g, T lse) {
-  for (int64_t j = 0; j < V; ++j) dx[j] = madd<T>(g, exp_t<T>(x[j] - lse), dx[j]);
+  for (int64_t j = 0; j < V; ++j) dx[j] = fmadd(g, exp_t<T>(x[j] - lse), dx[j]);
 }
 
 void check_targets(const int32_t* targets, int64_t N, int64_t V) {

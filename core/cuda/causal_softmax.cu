@@ -9,7 +9,7 @@
 //    softmax_backward_row), so the probabilities and dS are the CPU reference's bits (in bf16
 //    this keeps a device run on the CPU's trajectory): 16 lanes (one thread each) over whole
 //    vectors of 16 columns, combined pairwise, then the tail in order; exp is the CPU's
-//    polynomial (cpu_exp_nonpos), the multiply-adds written out (__fmaf_rn, never contracted).
+//    polynomial (kern::cpu_exp, core/cuda/fast_math.cuh), the multiply-adds written out (__fmaf_rn, never contracted).
 //  * forward: x = scale · s (fp32, __fmul_rn: the CPU's GEMM applies alpha = scale to the
 //    same fp32 dot product); m = max over t' <= t (exact, any order); Σ over the lanes of
 //    w = min(T, roundup(n, 16)) columns (masked to 0 beyond t), tail [w16, w) in order;
@@ -23,6 +23,7 @@
 #include "core/cuda/runtime.h"
 
 #include "core/cuda/attention.h"
+#include "core/cuda/fast_math.cuh"
 #include "core/cuda/reduce.cuh"
 
 namespace ptrain::cuda {
@@ -35,26 +36,6 @@ using kern::to_f32;
 constexpr unsigned kRowThreads = 256;  // threads per row block (fewer for short rows)
 constexpr int kLanes = 16;             // core/cpu/attention.cpp's kLanes
 constexpr int64_t kCpuRowBlock = 64;   // and its kRowBlock (the backward's dot runs over its width)
-
-/// core/cpu/attention.cpp's exp_nonpos, operation for operation.
-__device__ __forceinline__ float cpu_exp_nonpos(float x) {
-  const float kLo = -87.3365478f, kMagic = 12582912.0f;
-  const float xc = x < kLo ? kLo : x;
-  const float t = __fmaf_rn(xc, 1.44269504088896341f, kMagic);
-  const float n = __fsub_rn(t, kMagic);
-  const unsigned ni = __float_as_uint(t) - __float_as_uint(kMagic);
-  float r = __fmaf_rn(-n, 0.693359375f, xc);
-  r = __fmaf_rn(n, 2.12194440e-4f, r);
-  float p = 1.9875691500e-4f;
-  p = __fmaf_rn(p, r, 1.3981999507e-3f);
-  p = __fmaf_rn(p, r, 8.3334519073e-3f);
-  p = __fmaf_rn(p, r, 4.1665795894e-2f);
-  p = __fmaf_rn(p, r, 1.6666665459e-1f);
-  p = __fmaf_rn(p, r, 5.0000001201e-1f);
-  p = __fadd_rn(__fmaf_rn(__fmul_rn(p, r), r, r), 1.0f);
-  const float e = __fmul_rn(p, __uint_as_float((ni + 127u) << 23));
-  return x < kLo ? 0.0f : e;
-}
 
 /// Σ_{j<w} f(j) in the CPU's lane order (16 lanes over [0, w16), pairwise, then the tail in
 /// order added to the combined lanes); `fma_terms`: each term is a multiply-add into the
@@ -115,15 +96,15 @@ __global__ void causal_softmax_forward_kernel(const float* s, T* p, int64_t rows
     float sum = cpu_lane_sum(
         w,
         [sr, scale, m, n](float a, int64_t j) {
-          return __fadd_rn(a, j < n ? cpu_exp_nonpos(__fsub_rn(__fmul_rn(sr[j], scale), m)) : 0.0f);
+          return __fadd_rn(a, j < n ? kern::cpu_exp(__fsub_rn(__fmul_rn(sr[j], scale), m)) : 0.0f);
         },
         red);
     for (int64_t j = w / kLanes * kLanes; j < w; ++j)  // every thread, the same order: same bits
-      sum = __fadd_rn(sum, j < n ? cpu_exp_nonpos(__fsub_rn(__fmul_rn(sr[j], scale), m)) : 0.0f);
+      sum = __fadd_rn(sum, j < n ? kern::cpu_exp(__fsub_rn(__fmul_rn(sr[j], scale), m)) : 0.0f);
     const float inv = 1.0f / sum;
     __syncthreads();  // in place (s == p): every thread's reads of the row end before any write
     for (int64_t j = threadIdx.x; j < Tn; j += blockDim.x)
-      pr[j] = j < n ? from_f32<T>(__fmul_rn(cpu_exp_nonpos(__fsub_rn(__fmul_rn(sr[j], scale), m)), inv))
+      pr[j] = j < n ? from_f32<T>(__fmul_rn(kern::cpu_exp(__fsub_rn(__fmul_rn(sr[j], scale), m)), inv))
                     : from_f32<T>(0.0f);
   }
 }

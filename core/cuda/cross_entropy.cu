@@ -12,7 +12,7 @@
 //    fp64 sum, the tail columns in fp64 per lane, the lanes added in order — and
 //    lse = max + log(sum) in fp64, saved as fp32 for every row (ignored rows included);
 //    losses = (fp32)(lse - x[target]) from the fp64 lse, 0 for target < 0. exp is the CPU's
-//    polynomial (cpu_exp below, the same operations, fused multiply-adds written out), not
+//    polynomial (kern::cpu_exp, core/cuda/fast_math.cuh: the same operations), not
 //    expf. Bit-identical losses and gradients mean a device run follows the CPU's in bf16
 //    (a one-ulp flip of one logit gradient was the first difference between the two).
 //    The cost: 16 active lanes per row; the exps dominate either way.
@@ -24,6 +24,7 @@
 #include "core/cuda/runtime.h"
 
 #include "core/cuda/ops.h"
+#include "core/cuda/fast_math.cuh"
 #include "core/cuda/reduce.cuh"
 
 namespace ptrain::cuda {
@@ -38,25 +39,6 @@ constexpr unsigned kThreads = 512;       // threads per row block of the backwar
 constexpr unsigned kForwardThreads = 32;  // one warp per row: 16 lanes sum, all take the max
 constexpr int kLanes = 16;                // core/cpu/cross_entropy.cpp's kLanes
 constexpr int64_t kLaneBlock = 256;       // and its kBlock
-
-/// core/cpu/cross_entropy.cpp's fast_exp, operation for operation (x <= ~0; 0 below -87.33).
-__device__ __forceinline__ float cpu_exp(float x) {
-  const float xc = x < -87.33f ? -87.33f : (x > 88.0f ? 88.0f : x);
-  const float t = __fmaf_rn(xc, 1.44269504088896341f, 12582912.0f);
-  const float n = __fsub_rn(t, 12582912.0f);
-  float r = __fmaf_rn(-n, 0.693359375f, xc);
-  r = __fmaf_rn(n, 2.12194440e-4f, r);
-  float p = 1.9875691500e-4f;
-  p = __fmaf_rn(p, r, 1.3981999507e-3f);
-  p = __fmaf_rn(p, r, 8.3334519073e-3f);
-  p = __fmaf_rn(p, r, 4.1665795894e-2f);
-  p = __fmaf_rn(p, r, 1.6666665459e-1f);
-  p = __fmaf_rn(p, r, 5.0000001201e-1f);
-  p = __fadd_rn(__fmaf_rn(p, __fmul_rn(r, r), r), 1.0f);
-  const unsigned e = (__float_as_uint(t) - 0x4B400000u + 127u) << 23;
-  const float y = __fmul_rn(p, __uint_as_float(e));
-  return x < -87.33f ? 0.0f : y;
-}
 
 template <class T>
 __global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, const int32_t* __restrict__ targets,
@@ -83,10 +65,10 @@ __global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, const
       int64_t j = 0;
       for (; j + kLaneBlock <= V; j += kLaneBlock) {
         float part = 0.0f;
-        for (int64_t k = 0; k < kLaneBlock; k += kLanes) part = __fadd_rn(part, cpu_exp(__fsub_rn(to_f32(x[j + k + l]), m)));
+        for (int64_t k = 0; k < kLaneBlock; k += kLanes) part = __fadd_rn(part, kern::cpu_exp(__fsub_rn(to_f32(x[j + k + l]), m)));
         acc += static_cast<double>(part);
       }
-      for (int64_t c = j + l; c < V; c += kLanes) acc += static_cast<double>(cpu_exp(__fsub_rn(to_f32(x[c]), m)));
+      for (int64_t c = j + l; c < V; c += kLanes) acc += static_cast<double>(kern::cpu_exp(__fsub_rn(to_f32(x[c]), m)));
       lanes[l] = acc;
     }
     __syncthreads();
@@ -120,7 +102,7 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, cons
     T* dx = dlogits + i * Vp;      // [Vp]
     const float g = dloss[i], l = lse[i];
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      const float p = cpu_exp(__fsub_rn(to_f32(x[j]), l));
+      const float p = kern::cpu_exp(__fsub_rn(to_f32(x[j]), l));
       dx[j] = from_f32<T>(__fmaf_rn(g, j == t ? __fsub_rn(p, 1.0f) : p, to_f32(dx[j])));
     }
   }

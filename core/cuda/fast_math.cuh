@@ -1,0 +1,28 @@
+// core/cuda/fast_math.cuh — core/cpu/fast_math.h on the device, operation for operation
+// (__fmaf_rn where the CPU writes fmadd, __f*_rn elsewhere so that nvcc contracts nothing):
+// the softmax and cross-entropy kernels compute the CPU reference's bits with it.
+#pragma once
+
+namespace ptrain::cuda::kern {
+
+/// core/cpu/fast_math.h's exp_poly.
+__device__ __forceinline__ float cpu_exp(float x) {
+  const float kLo = -87.3365478f, kMagic = 12582912.0f;
+  const float xc = x < kLo ? kLo : (x > 88.0f ? 88.0f : x);
+  const float t = __fmaf_rn(xc, 1.44269504088896341f, kMagic);
+  const float n = __fsub_rn(t, kMagic);
+  float r = __fmaf_rn(-n, 0.693359375f, xc);
+  r = __fmaf_rn(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = __fmaf_rn(p, r, 1.3981999507e-3f);
+  p = __fmaf_rn(p, r, 8.3334519073e-3f);
+  p = __fmaf_rn(p, r, 4.1665795894e-2f);
+  p = __fmaf_rn(p, r, 1.6666665459e-1f);
+  p = __fmaf_rn(p, r, 5.0000001201e-1f);
+  p = __fadd_rn(__fmaf_rn(p, __fmul_rn(r, r), r), 1.0f);
+  const unsigned e = (__float_as_uint(t) - __float_as_uint(kMagic) + 127u) << 23;
+  const float y = __fmul_rn(p, __uint_as_float(e));
+  return x < kLo ? 0.0f : y;
+}
+
+}  // namespace ptrain::cuda::kern
