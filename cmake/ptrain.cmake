@@ -24,21 +24,11 @@ function(ptrain_test name)
   add_executable(${name} ${A_SOURCES})
   target_link_libraries(${name} PRIVATE ${A_DEPS} GTest::gtest GTest::gtest_main)
   target_compile_options(${name} PRIVATE ${PTRAIN_WARNINGS})
-  if(NOT A_TIMEOUT)
-    set(A_TIMEOUT 120)
-  endif()
-  if(NOT A_LABELS)
-    set(A_LABELS cpu)
-  endif()
-  add_test(NAME ${name} COMMAND ${name} ${A_ARGS})
-  # A binary whose every test skipped (no GPU, not the emulated build) is reported skipped.
-  set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
-    SKIP_REGULAR_EXPRESSION "\\[  PASSED  \\] 0 tests"
-    ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
+  ptrain_test_run(${name} BINARY ${name} ARGS ${A_ARGS} LABELS ${A_LABELS} TIMEOUT ${A_TIMEOUT})
 endfunction()
 
 # ptrain_test_run(NAME BINARY b [ARGS ...] [LABELS l] [TIMEOUT s]): another ctest case running
-# the test binary `b` (made by ptrain_test) with ARGS, with the same conventions.
+# the test binary `b` (made by ptrain_test) with ARGS; defaults: label cpu, timeout 120 s.
 function(ptrain_test_run name)
   cmake_parse_arguments(A "" "TIMEOUT;BINARY" "LABELS;ARGS" ${ARGN})
   if(NOT A_TIMEOUT)
@@ -48,6 +38,7 @@ function(ptrain_test_run name)
     set(A_LABELS cpu)
   endif()
   add_test(NAME ${name} COMMAND ${A_BINARY} ${A_ARGS})
+  # A binary whose every test skipped (no GPU, not the emulated build) is reported skipped.
   set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
     SKIP_REGULAR_EXPRESSION "\\[  PASSED  \\] 0 tests"
     ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
@@ -109,7 +100,7 @@ function(ptrain_mpi_test name)
 endfunction()
 
 # ptrain_test_run(NAME BINARY b [ARGS ...] [LABELS l] [TIMEOUT s]): another ctest case running
-# the test binary `b` (made by ptrain_test) with ARGS, with the same conventions.
+# the test binary `b` (made by ptrain_test) with ARGS; defaults: label cpu, timeout 120 s.
 function(ptrain_test_run name)
   cmake_parse_arguments(A "" "TIMEOUT;BINARY" "LABELS;ARGS" ${ARGN})
   if(NOT A_TIMEOUT)
@@ -119,6 +110,7 @@ function(ptrain_test_run name)
     set(A_LABELS cpu)
   endif()
   add_test(NAME ${name} COMMAND ${A_BINARY} ${A_ARGS})
+  # A binary whose every test skipped (no GPU, not the emulated build) is reported skipped.
   set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
     SKIP_REGULAR_EXPRESSION "\\[  PASSED  \\] 0 tests"
     ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
