@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/cpu/fast_math.h"
 #include "core/cpu/kernels.h"
 
 namespace ptrain::cpu {
@@ -109,12 +110,12 @@ void rms_norm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx
         T* __restrict__ dxr = dx + r * C;
         const T dot = lane_sum<T>(C, [=](int64_t c) { return dyr[c] * w[c] * xr[c]; });
         const T coef = dot * rs * rs * rs * inv_c;
-        for (int64_t c = 0; c < C; ++c) dxr[c] += rs * w[c] * dyr[c] - coef * xr[c];
+        for (int64_t c = 0; c < C; ++c) dxr[c] = dxr[c] + fmadd(-coef, xr[c], rs * w[c] * dyr[c]);
       }
       if (dw)
         // one explicit fused multiply-add, as the device kernel: the same bits whatever the
         // compiler would otherwise contract (core/cuda/rms_norm.cu)
-        for (int64_t c = 0; c < C; ++c) pw[c] = std::fma(dyr[c] * xr[c], rs, pw[c]);
+        for (int64_t c = 0; c < C; ++c) pw[c] = fmadd(dyr[c] * xr[c], rs, pw[c]);
     }
   };
   chunked_rows<T>(rows, C, dw ? C : 0, body, [=](const T* sum) {
@@ -138,8 +139,8 @@ void layer_norm_forward(const T* x, const T* w, const T* b, T* y, T* mean, T* rs
     const T rs = T(1) / std::sqrt(var + teps);
     mean[r] = m;
     rstd[r] = rs;
-    if (b) {
-      for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) * rs * w[c] + b[c];
+    if (b) {  // fmadd written out (core/cpu/fast_math.h): the device kernel's bits
+      for (int64_t c = 0; c < C; ++c) yr[c] = fmadd((xr[c] - m) * rs, w[c], b[c]);
     } else {
       for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) * rs * w[c];
     }
@@ -164,11 +165,14 @@ void layer_norm_backward(const T* dy, const T* x, const T* w, const T* mean, con
         T* __restrict__ dxr = dx + r * C;
         const T mg = lane_sum<T>(C, [=](int64_t c) { return dyr[c] * w[c]; }) * inv_c;
         const T mgx = lane_sum<T>(C, [=](int64_t c) { return dyr[c] * w[c] * ((xr[c] - m) * rs); }) * inv_c;
-        for (int64_t c = 0; c < C; ++c) dxr[c] += rs * (dyr[c] * w[c] - mg - ((xr[c] - m) * rs) * mgx);
+        for (int64_t c = 0; c < C; ++c) {  // fmadds written out, as the device kernel
+          const T xh = (xr[c] - m) * rs;
+          dxr[c] = fmadd(rs, fmadd(-xh, mgx, fmadd(dyr[c], w[c], -mg)), dxr[c]);
+        }
       }
       if (dw) {
         T* __restrict__ pw = part;
-        for (int64_t c = 0; c < C; ++c) pw[c] += dyr[c] * ((xr[c] - m) * rs);
+        for (int64_t c = 0; c < C; ++c) pw[c] = fmadd(dyr[c], (xr[c] - m) * rs, pw[c]);
       }
       if (db) {
         T* __restrict__ pb = part + off_db;

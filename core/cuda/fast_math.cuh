@@ -1,6 +1,6 @@
 // core/cuda/fast_math.cuh — core/cpu/fast_math.h on the device, operation for operation
 // (__fmaf_rn where the CPU writes fmadd, __f*_rn elsewhere so that nvcc contracts nothing):
-// the softmax and cross-entropy kernels compute the CPU reference's bits with it.
+// the softmax, cross-entropy and norm kernels compute the CPU reference's bits with it.
 #pragma once
 
 namespace ptrain::cuda::kern {
@@ -23,6 +23,37 @@ __device__ __forceinline__ float cpu_exp(float x) {
   const unsigned e = (__float_as_uint(t) - __float_as_uint(kMagic) + 127u) << 23;
   const float y = __fmul_rn(p, __uint_as_float(e));
   return x < kLo ? 0.0f : y;
+}
+
+/// Σ_{c<C} f(c) in core/cpu/norm.cpp's lane_sum order: 16 interleaved accumulators (lane l
+/// sums f(l), f(l + 16), ... in order over the whole vectors, one thread each), combined
+/// pairwise (l += l + 8, + 4, + 2, + 1), then the tail in order, added last. Every thread of
+/// the block gets the sum. `red`: at least 17 floats of shared memory, free on return. Called
+/// by all threads of the block (it has barriers). A tree over all threads would be faster for
+/// wide rows; this order keeps the row statistics the CPU reference's bits.
+template <class F>
+__device__ float cpu_lane_sum(int64_t C, F f, float* red) {
+  constexpr int kLanes = 16;
+  const int64_t full = C / kLanes * kLanes;
+  if (threadIdx.x < static_cast<unsigned>(kLanes)) {
+    float a = 0.0f;
+    for (int64_t c = threadIdx.x; c < full; c += kLanes) a += f(c);
+    red[threadIdx.x] = a;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int l = 0; l < 8; ++l) red[l] += red[l + 8];
+    for (int l = 0; l < 4; ++l) red[l] += red[l + 4];
+    for (int l = 0; l < 2; ++l) red[l] += red[l + 2];
+    red[0] += red[1];
+    float tail = 0.0f;
+    for (int64_t c = full; c < C; ++c) tail += f(c);
+    red[kLanes] = red[0] + tail;
+  }
+  __syncthreads();
+  const float s = red[kLanes];
+  __syncthreads();  // red is reused by the caller's next row
+  return s;
 }
 
 }  // namespace ptrain::cuda::kern

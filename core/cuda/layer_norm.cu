@@ -6,8 +6,9 @@
 // Invariants:
 //  * Forward overwrites y, mean and rstd; b may be nullptr (no bias). Backward accumulates
 //    (+=) into dx, dw and db, each optional (nullptr: not computed).
-//  * Row statistics are fp32 block reductions with a fixed tree (core/cuda/reduce.cuh): one
-//    block per row, threads striding the columns. Two passes, as the CPU: mean = Σx / C, then
+//  * Row statistics are fp32 sums in core/cpu/norm.cpp's lane order (kern::cpu_lane_sum,
+//    core/cuda/fast_math.cuh), one block per row, and the multiply-adds are the CPU's fmadds
+//    written out: the results are the CPU reference's bits. Two passes, as the CPU: mean = Σx / C, then
 //    the biased variance var = Σ(x - mean)² / C (no E[x²] - mean² cancellation);
 //    rstd = 1 / sqrtf(var + eps) with IEEE sqrt and division.
 //  * y = ((x - mean) rstd) w + b;  with xh = (x - mean) rstd and g = dy w:
@@ -19,6 +20,7 @@
 #include "core/cuda/runtime.h"
 
 #include "core/cuda/ops.h"
+#include "core/cuda/fast_math.cuh"
 #include "core/cuda/reduce.cuh"
 
 namespace ptrain::cuda {
@@ -40,23 +42,23 @@ __global__ void layer_norm_forward_kernel(const T* __restrict__ x, const T* __re
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {  // uniform across the block
     const T* xr = x + r * C;                                 // [C]
     T* yr = y + r * C;                                       // [C]
-    float sum = 0.0f;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) sum += to_f32(xr[c]);
-    const float m = kern::block_sum(sum, red) / static_cast<float>(C);
-    float sq = 0.0f;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const float d = to_f32(xr[c]) - m;
-      sq += d * d;
-    }
-    const float var = kern::block_sum(sq, red) / static_cast<float>(C);
+    const float m = kern::cpu_lane_sum(C, [xr](int64_t c) { return to_f32(xr[c]); }, red) / static_cast<float>(C);
+    const float var = kern::cpu_lane_sum(
+                          C,
+                          [xr, m](int64_t c) {
+                            const float d = to_f32(xr[c]) - m;
+                            return d * d;
+                          },
+                          red) /
+                      static_cast<float>(C);
     const float rs = 1.0f / sqrtf(var + eps);
     if (threadIdx.x == 0) {
       mean[r] = m;
       rstd[r] = rs;
     }
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const float v = (to_f32(xr[c]) - m) * rs * to_f32(w[c]);
-      yr[c] = from_f32<T>(b ? v + to_f32(b[c]) : v);
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {  // the CPU's fmadd, written out
+      const float xh = __fmul_rn(__fsub_rn(to_f32(xr[c]), m), rs);
+      yr[c] = from_f32<T>(b ? __fmaf_rn(xh, to_f32(w[c]), to_f32(b[c])) : __fmul_rn(xh, to_f32(w[c])));
     }
   }
 }
@@ -74,17 +76,18 @@ __global__ void layer_norm_backward_dx_kernel(const T* __restrict__ dy, const T*
     const T* xr = x + r * C;                                 // [C]
     T* dxr = dx + r * C;                                     // [C]
     const float m = mean[r], rs = rstd[r];
-    float sg = 0.0f, sgx = 0.0f;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const float g = to_f32(dyr[c]) * to_f32(w[c]);
-      sg += g;
-      sgx += g * ((to_f32(xr[c]) - m) * rs);
-    }
-    const float mg = kern::block_sum(sg, red) * inv_c;
-    const float mgx = kern::block_sum(sgx, red) * inv_c;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const float xh = (to_f32(xr[c]) - m) * rs;
-      dxr[c] = from_f32<T>(to_f32(dxr[c]) + rs * (to_f32(dyr[c]) * to_f32(w[c]) - mg - xh * mgx));
+    const float mg = kern::cpu_lane_sum(C, [dyr, w](int64_t c) { return to_f32(dyr[c]) * to_f32(w[c]); }, red) * inv_c;
+    const float mgx = kern::cpu_lane_sum(
+                          C,
+                          [dyr, w, xr, m, rs](int64_t c) {
+                            return to_f32(dyr[c]) * to_f32(w[c]) * ((to_f32(xr[c]) - m) * rs);
+                          },
+                          red) *
+                      inv_c;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {  // the CPU's fmadds, written out
+      const float xh = __fmul_rn(__fsub_rn(to_f32(xr[c]), m), rs);
+      const float t = __fmaf_rn(-xh, mgx, __fmaf_rn(to_f32(dyr[c]), to_f32(w[c]), -mg));
+      dxr[c] = from_f32<T>(__fmaf_rn(rs, t, to_f32(dxr[c])));
     }
   }
 }
@@ -106,8 +109,8 @@ __global__ void layer_norm_backward_dwdb_partial_kernel(const T* __restrict__ dy
       float aw = 0.0f, ab = 0.0f;
       for (int64_t r = r0; r < r1; ++r) {
         const float g = to_f32(dy[r * C + c]);
-        if (pw) aw += g * ((to_f32(x[r * C + c]) - mean[r]) * rstd[r]);
-        ab += g;
+        if (pw) aw = __fmaf_rn(g, __fmul_rn(__fsub_rn(to_f32(x[r * C + c]), mean[r]), rstd[r]), aw);
+        ab = __fadd_rn(ab, g);
       }
       if (pw) pw[k * C + c] = aw;
       if (pb) pb[k * C + c] = ab;

@@ -18,10 +18,11 @@
 //    (kReduceChunk = 64 rows), so the summation order is the CPU's.
 //  * Expressions follow core/cpu/norm.cpp term for term: y = w * (x * rstd);
 //    dx += rstd * w * dy - (Σ dy·w·x · rstd³ / C) * x; dw partial = fma(dy * x, rstd, partial)
-//    (explicit on both sides, so no compiler's contraction choice changes the bits).
+//    (fmadd in core/cpu/fast_math.h, so no compiler's contraction choice changes the bits).
 #include "core/cuda/runtime.h"
 
 #include "core/cuda/ops.h"
+#include "core/cuda/fast_math.cuh"
 #include "core/cuda/reduce.cuh"
 
 namespace ptrain::cuda {
@@ -33,34 +34,6 @@ using kern::to_f32;
 
 constexpr unsigned kRowThreads = 256;  // threads per row block (fewer for short rows)
 constexpr unsigned kColThreads = 256;  // threads per column block of the dw kernels
-constexpr int kLanes = 16;             // core/cpu/norm.cpp's lane_sum
-
-/// Σ_{c<C} f(c) in core/cpu/norm.cpp's lane_sum order (see the file comment); every thread of
-/// the block gets the same value. `red`: kLanes + 1 floats of shared memory, free on return.
-/// Called by all threads of the block (it has barriers).
-template <class F>
-__device__ float cpu_order_sum(int64_t C, F f, float* red) {
-  const int64_t full = C / kLanes * kLanes;
-  if (threadIdx.x < static_cast<unsigned>(kLanes)) {
-    float a = 0.0f;
-    for (int64_t c = threadIdx.x; c < full; c += kLanes) a += f(c);
-    red[threadIdx.x] = a;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int l = 0; l < 8; ++l) red[l] += red[l + 8];
-    for (int l = 0; l < 4; ++l) red[l] += red[l + 4];
-    for (int l = 0; l < 2; ++l) red[l] += red[l + 2];
-    red[0] += red[1];
-    float tail = 0.0f;
-    for (int64_t c = full; c < C; ++c) tail += f(c);
-    red[kLanes] = red[0] + tail;
-  }
-  __syncthreads();
-  const float s = red[kLanes];
-  __syncthreads();  // red is reused for the next row
-  return s;
-}
 
 /// One block per row (grid-strided): rstd[r] and y[r, :].
 template <class T>
@@ -70,7 +43,7 @@ __global__ void rms_norm_forward_kernel(const T* __restrict__ x, const T* __rest
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {  // uniform across the block
     const T* xr = x + r * C;                                 // [C]
     T* yr = y + r * C;                                       // [C]
-    const float ss = cpu_order_sum(
+    const float ss = kern::cpu_lane_sum(
         C,
         [xr](int64_t c) {
           const float v = to_f32(xr[c]);
@@ -95,11 +68,12 @@ __global__ void rms_norm_backward_dx_kernel(const T* __restrict__ dy, const T* _
     const T* xr = x + r * C;                                 // [C]
     T* dxr = dx + r * C;                                     // [C]
     const float dot =
-        cpu_order_sum(C, [dyr, w, xr](int64_t c) { return to_f32(dyr[c]) * to_f32(w[c]) * to_f32(xr[c]); }, red);
+        kern::cpu_lane_sum(C, [dyr, w, xr](int64_t c) { return to_f32(dyr[c]) * to_f32(w[c]) * to_f32(xr[c]); }, red);
     const float rs = rstd[r];
     const float coef = dot * rs * rs * rs * inv_c;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
-      dxr[c] = from_f32<T>(to_f32(dxr[c]) + (rs * to_f32(w[c]) * to_f32(dyr[c]) - coef * to_f32(xr[c])));
+      dxr[c] = from_f32<T>(__fadd_rn(
+          to_f32(dxr[c]), __fmaf_rn(-coef, to_f32(xr[c]), __fmul_rn(__fmul_rn(rs, to_f32(w[c])), to_f32(dyr[c])))));
   }
 }
 

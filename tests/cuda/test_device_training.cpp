@@ -207,6 +207,30 @@ TEST_F(DeviceTraining, Fp32AndBf16MatchTheCpuAtEveryStep) {
               worst32, worst16, identical16, worst16_32, worst_norm32);
 }
 
+TEST_F(DeviceTraining, Gpt2Bf16IsBitIdenticalToTheCpu) {
+  // LayerNorm with bias, learned positions, GELU, the fused qkv split, tied embeddings
+  auto dir = fresh_dir("gpt2");
+  const std::string data = make_data(dir);
+  const std::vector<std::string> sets = {"model.arch=gpt2", "model.kv_heads=4", "train.precision=bf16",
+                                         "train.steps=10", "checkpoint.every=0", "train.eval_every=0"};
+  std::vector<nlohmann::json> rows[2];
+  for (int d = 0; d < 2; ++d) {
+    auto s = sets;
+    s.push_back(d ? "device=cuda" : "device=cpu");
+    ASSERT_EQ(train(yaml(data, dir / (d ? "cuda" : "cpu")), false, s), 0);
+    rows[d] = metrics(dir / (d ? "cuda" : "cpu"));
+    ASSERT_EQ(rows[d].size(), 10u);
+  }
+  const double bound = cuda::emulated() ? 1e-5 : 5e-3;
+  double worst = 0;
+  for (size_t k = 0; k < 10; ++k) {
+    const double c = rows[0][k].at("loss"), g = rows[1][k].at("loss");
+    EXPECT_LE(rel(g, c), bound) << "gpt2 bf16 step " << k + 1 << ": device " << g << " cpu " << c;
+    worst = std::max(worst, rel(g, c));
+  }
+  std::printf("gpt2 bf16, device vs cpu: worst relative loss difference over 10 steps %.3g\n", worst);
+}
+
 TEST_F(DeviceTraining, Fp16OverflowIsSkippedAndTheScaleHalvesAsOnTheCpu) {
   auto dir = fresh_dir("fp16");
   const std::string data = make_data(dir);
