@@ -98,20 +98,3 @@ function(ptrain_mpi_test name)
   set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT} RESOURCE_LOCK mpi${A_NP}
     ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
 endfunction()
-
-# ptrain_test_run(NAME BINARY b [ARGS ...] [LABELS l] [TIMEOUT s]): another ctest case running
-# the test binary `b` (made by ptrain_test) with ARGS; defaults: label cpu, timeout 120 s.
-function(ptrain_test_run name)
-  cmake_parse_arguments(A "" "TIMEOUT;BINARY" "LABELS;ARGS" ${ARGN})
-  if(NOT A_TIMEOUT)
-    set(A_TIMEOUT 120)
-  endif()
-  if(NOT A_LABELS)
-    set(A_LABELS cpu)
-  endif()
-  add_test(NAME ${name} COMMAND ${A_BINARY} ${A_ARGS})
-  # A binary whose every test skipped (no GPU, not the emulated build) is reported skipped.
-  set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT}
-    SKIP_REGULAR_EXPRESSION "\\[  PASSED  \\] 0 tests"
-    ENVIRONMENT "OMP_NUM_THREADS=1;OPENBLAS_NUM_THREADS=1;PTRAIN_TEST_TMP=${CMAKE_BINARY_DIR}/test_tmp")
-endfunction()
