@@ -32,6 +32,7 @@
 #include "launch/weights_io.h"
 #include "layers/model.h"
 #include "layers/registry.h"
+#include "tests/launch/trainer_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace ptrain;
@@ -67,30 +68,11 @@ bool have_device() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
-fs::path fresh_dir(const std::string& name) {
-  const char* env = std::getenv("PTRAIN_TEST_TMP");
-  fs::path d = fs::path(env && *env ? env : "/tmp") / ("device_training_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string make_data(const fs::path& dir) {
-  const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "see", "big", "red", "ball"};
-  std::mt19937 rng(5);
-  std::string s;
-  for (int i = 0; i < 4000; ++i) {
-    s += words[rng() % 14];
-    s += (i % 9 == 8) ? ".\n" : " ";
-  }
-  const auto txt = dir / "corpus.txt";
-  std::ofstream(txt) << s;
-  data::PrepareOptions o;
-  o.inputs = {txt.string()};
-  o.out = (dir / "tokens.h5").string();
-  data::prepare(o);
-  return o.out;
-}
+fs::path fresh_dir(const std::string& name) { return test::fresh_dir("device_training_", name); }
+std::string make_data(const fs::path& dir) { return test::make_data(dir, 4000); }
+using test::config;
+using test::metrics;
+using test::train;
 
 /// The tiny model of the trainer tests: T = 37 (a multiple of no tile), GQA ratio 2.
 std::string yaml(const std::string& data, const fs::path& run) {
@@ -105,29 +87,6 @@ checkpoint: {{dir: {}, every: 10, keep: 5}}
 device: cpu
 )",
                      data, run.string());
-}
-
-Config config(const std::string& yaml_text, const std::vector<std::string>& sets) {
-  Config cfg = parse_config(yaml_text, sets);
-  validate(cfg, ValidationContext{});
-  return cfg;
-}
-
-int train(const std::string& yaml_text, bool resume, const std::vector<std::string>& sets) {
-  RunOptions opt;
-  opt.resume = resume;
-  opt.quiet = true;
-  Trainer t(config(yaml_text, sets), opt);
-  return t.run();
-}
-
-std::vector<nlohmann::json> metrics(const fs::path& run) {
-  std::vector<nlohmann::json> rows;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
-  return rows;
 }
 
 double rel(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-30); }

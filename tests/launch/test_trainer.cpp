@@ -23,6 +23,7 @@
 #include "launch/config.h"
 #include "launch/trainer.h"
 #include "launch/weights_io.h"
+#include "tests/launch/trainer_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace ptrain;
@@ -30,35 +31,9 @@ using namespace ptrain::launch;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  const char* env = std::getenv("PTRAIN_TEST_TMP");
-  fs::path d = fs::path(env && *env ? env : "/tmp") / ("trainer_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-/// A small English-like corpus with structure a tiny model can learn.
-std::string corpus(int n) {
-  const char* words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "see", "big", "red", "ball"};
-  std::mt19937 rng(5);
-  std::string s;
-  for (int i = 0; i < n; ++i) {
-    s += words[rng() % 14];
-    s += (i % 9 == 8) ? ".\n" : " ";
-  }
-  return s;
-}
-
-std::string make_data(const fs::path& dir) {
-  const auto txt = dir / "corpus.txt";
-  std::ofstream(txt) << corpus(6000);
-  data::PrepareOptions o;
-  o.inputs = {txt.string()};
-  o.out = (dir / "tokens.h5").string();
-  data::prepare(o);
-  return o.out;
-}
+fs::path fresh_dir(const std::string& name) { return test::fresh_dir("trainer_", name); }
+std::string make_data(const fs::path& dir) { return test::make_data(dir, 6000); }
+using test::metrics;
 
 std::string yaml(const std::string& data, const fs::path& run, const std::string& extra = "") {
   return fmt::format(R"(
@@ -75,26 +50,8 @@ device: cpu
                      data, run.string(), extra);
 }
 
-std::vector<nlohmann::json> metrics(const fs::path& run) {
-  std::vector<nlohmann::json> rows;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
-  return rows;
-}
 
-int train(const std::string& yaml_text, bool resume, const std::vector<std::string>& sets = {}) {
-  Config cfg = parse_config(yaml_text, sets);
-  ValidationContext ctx;
-  validate(cfg, ctx);
-  RunOptions opt;
-  opt.resume = resume;
-  opt.quiet = true;
-  opt.local_ranks = 1;
-  Trainer t(cfg, opt);
-  return t.run();
-}
+using test::train;
 
 std::vector<double> losses(const std::vector<nlohmann::json>& rows) {
   std::vector<double> r;
