@@ -3,11 +3,15 @@
 
 #if PTRAIN_HAVE_CUDA
 #include "core/cuda/optim_kernels.h"
+#include "optim/grad_clip.h"
 #endif
 
 namespace ptrain::optim::detail {
 
 #if PTRAIN_HAVE_CUDA
+
+static_assert(cuda::kOptimChunk == kNormChunk && cuda::kNormGroup == kNormGroup,
+              "the device gradient norm must use optim::grad_sum_squares' chunks and groups");
 
 namespace {
 

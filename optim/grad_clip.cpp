@@ -4,6 +4,7 @@
 // per chunk and combines them in index order afterwards (no omp reduction).
 #include "optim/grad_clip.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -55,8 +56,12 @@ double grad_sum_squares(const std::vector<ParamRef>& params) {
     const detail::Chunk& c = chunks[k];
     partial[k] = chunk_sum_squares(params[c.param].grad.data<float>() + c.begin, c.end - c.begin);
   }
-  double sum = 0.0;
-  for (double p : partial) sum += p;  // index order
+  double sum = 0.0;  // index order, in groups of kNormGroup (the device kernel's order)
+  for (size_t b = 0; b < partial.size(); b += kNormGroup) {
+    double group = 0.0;
+    for (size_t i = b; i < std::min(partial.size(), b + kNormGroup); ++i) group += partial[i];
+    sum += group;
+  }
   return sum;
 }
 

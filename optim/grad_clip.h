@@ -3,7 +3,7 @@
 // Contract (DESIGN.md): clipping by the global norm over all parameters (each counted once),
 // coefficient clip/(norm+1e-6) capped at 1. The norm is computed in double and is
 // deterministic: squares summed over fixed chunks of kNormChunk elements, the chunk partials
-// combined in index order (parameters in list order), never with an omp reduction, so the
+// combined in index order (in groups of kNormGroup) (parameters in list order), never with an omp reduction, so the
 // result is bit-identical across thread counts. A distributed run sums grad_sum_squares()
 // of every rank's owned parameters (in rank order) and takes the square root itself.
 #pragma once
@@ -16,6 +16,10 @@ namespace ptrain::optim {
 
 /// Elements per partial sum of grad_sum_squares (fixed: changing it changes the bits).
 inline constexpr int64_t kNormChunk = 4096;
+/// The chunk partials are added in groups of kNormGroup consecutive chunks, each group in
+/// index order, then the group sums in order (fixed: the device's final kernel sums the same
+/// way, one thread per group, so its result is these bits).
+inline constexpr int64_t kNormGroup = 1024;
 
 /// sum_p sum_i (double)grad_p[i]^2 over the given parameters, deterministic (see above).
 double grad_sum_squares(const std::vector<ParamRef>& params);

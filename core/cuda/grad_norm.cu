@@ -8,15 +8,15 @@
 //    of one tensor, tensors in table order); the chunk list depends only on the tensor sizes,
 //    never on the GPU's SM count or on the grid size.
 //  * Squares are exact in double (a float has a 24-bit significand, its square at most 48
-//    bits), so the only roundings are double additions (u = 2^-53): each thread sums its 16
-//    strided elements of the chunk in order, the block adds the 256 thread sums in a fixed
-//    tree (shared memory, halving strides), and one block per chunk stores partial[chunk].
-//  * The final kernel is one block: thread t adds the partials of its contiguous run in
-//    index order, then the same fixed tree; thread 0 writes *out. Nothing depends on the
-//    order blocks or threads run: bit-identical across runs, block orders and devices.
-//  * Error against the CPU's double sum: all terms are >= 0, so any order of additions is
-//    within (depth of the summation) * u of the exact sum, relatively; see
-//    tests/cuda/op_tolerances.h ("grad_sum_squares.out").
+//    bits), so the only roundings are double additions, and they are done in
+//    optim/grad_clip.cpp's order: the result is the CPU's bits.
+//      partial[c]: 16 lanes (one thread each) over the chunk's whole vectors of 16, lane j
+//                  adding x[i + j]² in order; the lanes combined by the fixed halving tree
+//                  (j += j + 8, + 4, + 2, + 1); then the tail in order (kNormLanes below);
+//      *out:       the partials in groups of kNormGroup consecutive chunks, each group summed
+//                  in index order (one thread per group), then the group sums in order.
+//    Nothing depends on the order blocks or threads run: bit-identical across runs, block
+//    orders and devices, and equal to optim::grad_sum_squares.
 #include "core/cuda/runtime.h"
 
 #include <string>
@@ -32,57 +32,63 @@ namespace {
 using detail::OptimTensorDesc;
 using kern::to_f32;
 
-constexpr unsigned kNormThreads = 256;   // threads per chunk block: 16 elements each
+constexpr unsigned kNormThreads = 32;    // threads per chunk block (16 lanes work)
+constexpr int kNormLanes = 16;           // optim/grad_clip.cpp's kLanes
 constexpr unsigned kFinalThreads = 256;  // threads of the one final block
 
-/// The tensor of chunk c (see adamw.cu: the last entry whose chunk0 <= c).
-
-/// Sum of v over the block in a fixed tree (blockDim.x a power of two, <= 1024); every thread
-/// gets the same bits. Called by every thread at the same site; ends with a barrier.
-__device__ __forceinline__ double block_sum_f64(double v, double* red) {
-  red[threadIdx.x] = v;
-  __syncthreads();
-  for (unsigned w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) red[threadIdx.x] = red[threadIdx.x] + red[threadIdx.x + w];
-    __syncthreads();
-  }
-  const double t = red[0];
-  __syncthreads();  // red may be reused at once
-  return t;
-}
-
-/// partial[c] = Σ_{i in chunk c} (double)g[i]², one block per chunk (grid-strided).
+/// partial[c] = Σ_{i in chunk c} (double)g[i]² in the CPU's lane order, one block per chunk
+/// (grid-strided).
 template <class G>
 __global__ void grad_sum_squares_partial_kernel(const OptimTensorDesc* __restrict__ table, int64_t ntensors,
                                                 int64_t nchunks, double* __restrict__ partial) {
-  PT_SHARED(double, red, [kNormThreads]);
+  PT_SHARED(double, lanes, [kNormLanes]);
   for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {  // uniform across the block
     const OptimTensorDesc d = table[kern::tensor_of_chunk(table, ntensors, c)];
     const int64_t begin = (c - d.chunk0) * kOptimChunk;
     const int64_t end = begin + kOptimChunk < d.numel ? begin + kOptimChunk : d.numel;
+    const int64_t full = begin + (end - begin) / kNormLanes * kNormLanes;
     const G* __restrict__ g = static_cast<const G*>(d.grad);  // [numel]
-    double acc = 0.0;
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-      const double x = static_cast<double>(to_f32(g[i]));
-      acc += x * x;  // the square is exact (an FMA here rounds the same)
+    if (threadIdx.x < static_cast<unsigned>(kNormLanes)) {
+      double acc = 0.0;
+      for (int64_t i = begin + threadIdx.x; i < full; i += kNormLanes) {
+        const double x = static_cast<double>(to_f32(g[i]));
+        acc = __dadd_rn(acc, __dmul_rn(x, x));  // the square is exact
+      }
+      lanes[threadIdx.x] = acc;
     }
-    const double s = block_sum_f64(acc, red);
-    if (threadIdx.x == 0) partial[c] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w = kNormLanes / 2; w >= 1; w /= 2)
+        for (int j = 0; j < w; ++j) lanes[j] = __dadd_rn(lanes[j], lanes[j + w]);
+      double s = lanes[0];
+      for (int64_t i = full; i < end; ++i) {
+        const double x = static_cast<double>(to_f32(g[i]));
+        s = __dadd_rn(s, __dmul_rn(x, x));
+      }
+      partial[c] = s;
+    }
+    __syncthreads();  // lanes are reused for the next chunk
   }
 }
 
-/// *out = Σ_c partial[c]: thread t adds its contiguous run [t*L, (t+1)*L) in index order, then
-/// the fixed tree. One block.
-__global__ void grad_sum_squares_final_kernel(const double* __restrict__ partial, int64_t nchunks,
+/// *out = Σ_groups (Σ_{c in group} partial[c] in order), groups of kNormGroup consecutive
+/// chunks in order (optim::grad_sum_squares' order). One block: thread t sums groups t,
+/// t + blockDim, ... and leaves each sum in the group's first partial; thread 0 adds them.
+__global__ void grad_sum_squares_final_kernel(double* __restrict__ partial, int64_t nchunks,
                                               double* __restrict__ out) {
-  PT_SHARED(double, red, [kFinalThreads]);
-  const int64_t run = (nchunks + blockDim.x - 1) / blockDim.x;
-  const int64_t b = static_cast<int64_t>(threadIdx.x) * run;
-  const int64_t e = b + run < nchunks ? b + run : nchunks;
-  double acc = 0.0;
-  for (int64_t k = b; k < e; ++k) acc += partial[k];
-  const double s = block_sum_f64(acc, red);
-  if (threadIdx.x == 0) *out = s;
+  const int64_t groups = (nchunks + kNormGroup - 1) / kNormGroup;
+  for (int64_t k = threadIdx.x; k < groups; k += blockDim.x) {
+    const int64_t b = k * kNormGroup, e = b + kNormGroup < nchunks ? b + kNormGroup : nchunks;
+    double acc = 0.0;
+    for (int64_t i = b; i < e; ++i) acc = __dadd_rn(acc, partial[i]);
+    partial[b] = acc;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double s = 0.0;
+    for (int64_t k = 0; k < groups; ++k) s = __dadd_rn(s, partial[k * kNormGroup]);
+    *out = s;
+  }
 }
 
 }  // namespace
@@ -105,8 +111,7 @@ void grad_sum_squares(const OptimTable& table, double* out, void* scratch, CUstr
     PT_DTYPE_SWITCH(table.grad_dtype, PT_GRAD_SUM_SQUARES)
 #undef PT_GRAD_SUM_SQUARES
   }
-  PT_LAUNCH(grad_sum_squares_final_kernel, 1, kFinalThreads, 0, stream, static_cast<const double*>(partial),
-            table.chunks, out);
+  PT_LAUNCH(grad_sum_squares_final_kernel, 1, kFinalThreads, 0, stream, partial, table.chunks, out);
 }
 
 }  // namespace ptrain::cuda

@@ -43,6 +43,9 @@ namespace ptrain::cuda {
 /// the grad norm's chunk partials are the CPU's chunks (fixed: changing it changes the bits
 /// of the norm).
 inline constexpr int64_t kOptimChunk = 4096;
+/// Chunk partials of the gradient norm are added in groups of this many consecutive chunks
+/// (each group in order, then the group sums in order). Equal to optim::kNormGroup.
+inline constexpr int64_t kNormGroup = 1024;
 
 /// One tensor of a multi-tensor launch (host-side description; optim_upload_table copies a
 /// list of them to the device). Pointers the caller does not need may be nullptr: the grad

@@ -19,6 +19,7 @@
 //  * The comparisons catch planted errors (one ulp in one master element; a norm off by
 //    more than the tolerance).
 // Every test is skipped (with the reason) when cudaGetDeviceCount reports no device.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cuda_bf16.h>
@@ -280,6 +281,12 @@ RunResult run_steps(DType gdt, DType mdt, bool with_cpu, int64_t plant_step = -1
       std::snprintf(buf, sizeof buf, "step %d grad_sum_squares: device %.17g, cpu %.17g (rel %.3g)\n", s + 1,
                     norm_dev, norm_cpu, std::fabs(norm_dev - norm_cpu) / norm_cpu);
       r.report += buf;
+    }
+    // the device sums in the CPU's order (core/cuda/grad_norm.cu): the same bits
+    if (std::memcmp(&norm_dev, &norm_cpu, sizeof(double)) != 0) {
+      ++r.mismatches;
+      r.report += fmt::format("step {} grad_sum_squares: device {:.17g} is not the CPU's {:.17g} bit for bit\n", s + 1,
+                              norm_dev, norm_cpu);
     }
     if (std::getenv("PTRAIN_OPS_STATS"))
       std::printf("  %s/%s step %d: sum_squares device %.17g cpu %.17g rel %.3g\n", std::string(dtype_name(gdt)).c_str(),
