@@ -572,8 +572,11 @@ void Trainer::resume_from(int64_t step) {
 MicroBatch Trainer::micro_batch(const std::vector<int32_t>& in, const std::vector<int32_t>& tg, int64_t m) const {
   const int64_t T = cfg_.train.seq_len;
   const auto b = static_cast<ptrdiff_t>(m * micro_ * T), e = static_cast<ptrdiff_t>((m + 1) * micro_ * T);
-  return {Tensor::from_vector_i32(std::vector<int32_t>(in.begin() + b, in.begin() + e), {micro_, T}).to_device(device_),
-          Tensor::from_vector_i32(std::vector<int32_t>(tg.begin() + b, tg.begin() + e), {micro_, T}).to_device(device_)};
+  return {tokens({in.begin() + b, in.begin() + e}, {micro_, T}), tokens({tg.begin() + b, tg.begin() + e}, {micro_, T})};
+}
+
+Tensor Trainer::tokens(const std::vector<int32_t>& ids, Shape shape) const {
+  return Tensor::from_vector_i32(ids, std::move(shape)).to_device(device_);
 }
 
 void Trainer::sync_grads() {
@@ -650,8 +653,7 @@ double Trainer::train_step(int64_t s) {
   const bool fp16 = spec_.dtype == DType::f16;
   const double loss_scale = fp16 ? scaler_.scale() : 1.0;
   const double weight = 1.0 / static_cast<double>(G * T);
-  stage_->set_batch(Tensor::from_vector_i32(in, {local, T}).to_device(device_),
-                    Tensor::from_vector_i32(tg, {local, T}).to_device(device_), micro_, weight, loss_scale);
+  stage_->set_batch(tokens(in, {local, T}), tokens(tg, {local, T}), micro_, weight, loss_scale);
   if (reducer_) reducer_->begin_step();
   const auto stats = parallel::run_schedule(sched_, *stage_, grid_->pp(), &timeline_);
   sync_grads();

@@ -101,6 +101,8 @@ class Trainer {
   void resume_from(int64_t step);
   std::vector<struct CkptEntry> checkpoint_entries(bool for_write, std::vector<Tensor>& moments);
   MicroBatch micro_batch(const std::vector<int32_t>& in, const std::vector<int32_t>& tg, int64_t m) const;
+  /// Token ids as an i32 tensor where the model lives (uploaded once per step or micro-batch).
+  Tensor tokens(const std::vector<int32_t>& ids, Shape shape) const;
   void log_step(int64_t step, double loss, double secs, double val_loss, bool skipped);
   void build_grid();
   void sync_grads();

@@ -37,31 +37,6 @@ constexpr unsigned kRowThreads = 256;  // threads per row block (fewer for short
 constexpr int kLanes = 16;             // core/cpu/attention.cpp's kLanes
 constexpr int64_t kCpuRowBlock = 64;   // and its kRowBlock (the backward's dot runs over its width)
 
-/// Σ_{j<w} f(j) in the CPU's lane order (16 lanes over [0, w16), pairwise, then the tail in
-/// order added to the combined lanes); `fma_terms`: each term is a multiply-add into the
-/// accumulator (f returns the pair) — see the callers. Every thread gets the sum. `red`:
-/// kLanes + 1 floats of shared memory. Called by all threads of the block.
-template <class F>
-__device__ float cpu_lane_sum(int64_t w, F add, float* red) {
-  const int64_t w16 = w / kLanes * kLanes;
-  if (threadIdx.x < static_cast<unsigned>(kLanes)) {
-    float a = 0.0f;
-    for (int64_t j = threadIdx.x; j < w16; j += kLanes) a = add(a, j);
-    red[threadIdx.x] = a;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int l = 0; l < 8; ++l) red[l] = __fadd_rn(red[l], red[l + 8]);
-    for (int l = 0; l < 4; ++l) red[l] = __fadd_rn(red[l], red[l + 4]);
-    for (int l = 0; l < 2; ++l) red[l] = __fadd_rn(red[l], red[l + 2]);
-    red[kLanes] = __fadd_rn(red[0], red[1]);
-  }
-  __syncthreads();
-  const float s = red[kLanes];
-  __syncthreads();  // red is reused
-  return s;
-}
-
 /// Start (elements) of row `row` of a buffer addressed by (o, i, t) with strides (so, si, T).
 __device__ __forceinline__ int64_t row_offset(int64_t row, int64_t n_inner, int64_t T, int64_t so, int64_t si,
                                               int64_t* t_out) {
@@ -93,7 +68,7 @@ __global__ void causal_softmax_forward_kernel(const float* s, T* p, int64_t rows
     __syncthreads();
     // Σ exp(x − m) in the CPU's order: lanes over whole vectors, then the tail [w16, w) in order
     const int64_t w = Tn < (n + kLanes - 1) / kLanes * kLanes ? Tn : (n + kLanes - 1) / kLanes * kLanes;
-    float sum = cpu_lane_sum(
+    float sum = kern::cpu_lanes(
         w,
         [sr, scale, m, n](float a, int64_t j) {
           return __fadd_rn(a, j < n ? kern::cpu_exp(__fsub_rn(__fmul_rn(sr[j], scale), m)) : 0.0f);
@@ -124,7 +99,7 @@ __global__ void causal_softmax_backward_kernel(const T* __restrict__ p, const fl
     // Σ dp · p over the CPU's row-block width (p is 0 beyond t: the extra terms add ±0)
     const int64_t r1 = (t / kCpuRowBlock + 1) * kCpuRowBlock < Tn ? (t / kCpuRowBlock + 1) * kCpuRowBlock : Tn;
     const auto term = [dpr, pr, n](float a, int64_t j) { return j < n ? __fmaf_rn(dpr[j], to_f32(pr[j]), a) : a; };
-    float dot = cpu_lane_sum(r1, term, red);
+    float dot = kern::cpu_lanes(r1, term, red);
     float tail = 0.0f;
     for (int64_t j = r1 / kLanes * kLanes; j < r1; ++j) tail = term(tail, j);
     dot = __fadd_rn(dot, tail);

@@ -32,7 +32,6 @@ namespace ptrain::cuda {
 namespace {
 
 using kern::from_f32;
-using kern::MaxSum;
 using kern::to_f32;
 
 constexpr unsigned kThreads = 512;       // threads per row block of the backward

@@ -25,35 +25,42 @@ __device__ __forceinline__ float cpu_exp(float x) {
   return x < kLo ? 0.0f : y;
 }
 
-/// Σ_{c<C} f(c) in core/cpu/norm.cpp's lane_sum order: 16 interleaved accumulators (lane l
-/// sums f(l), f(l + 16), ... in order over the whole vectors, one thread each), combined
-/// pairwise (l += l + 8, + 4, + 2, + 1), then the tail in order, added last. Every thread of
-/// the block gets the sum. `red`: at least 17 floats of shared memory, free on return. Called
-/// by all threads of the block (it has barriers). A tree over all threads would be faster for
-/// wide rows; this order keeps the row statistics the CPU reference's bits.
-template <class F>
-__device__ float cpu_lane_sum(int64_t C, F f, float* red) {
+/// The 16 lanes of core/cpu's lane sums, combined: lane l (one thread) folds add(a, j) over
+/// j = l, l + 16, ... < w16 = w / 16 * 16 in order from a = 0, then the lanes are combined by
+/// the fixed halving tree (l += l + 8, + 4, + 2, + 1). The tail [w16, w) is the caller's (the
+/// CPU adds it in different ways). Every thread gets the value. `red`: at least 17 floats of
+/// shared memory, free on return. Called by all threads of the block (it has barriers). A tree
+/// over all threads would be faster for wide rows; this order keeps the CPU reference's bits.
+template <class Add>
+__device__ float cpu_lanes(int64_t w, Add add, float* red) {
   constexpr int kLanes = 16;
-  const int64_t full = C / kLanes * kLanes;
+  const int64_t w16 = w / kLanes * kLanes;
   if (threadIdx.x < static_cast<unsigned>(kLanes)) {
     float a = 0.0f;
-    for (int64_t c = threadIdx.x; c < full; c += kLanes) a += f(c);
+    for (int64_t j = threadIdx.x; j < w16; j += kLanes) a = add(a, j);
     red[threadIdx.x] = a;
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int l = 0; l < 8; ++l) red[l] += red[l + 8];
-    for (int l = 0; l < 4; ++l) red[l] += red[l + 4];
-    for (int l = 0; l < 2; ++l) red[l] += red[l + 2];
-    red[0] += red[1];
-    float tail = 0.0f;
-    for (int64_t c = full; c < C; ++c) tail += f(c);
-    red[kLanes] = red[0] + tail;
+    for (int l = 0; l < 8; ++l) red[l] = __fadd_rn(red[l], red[l + 8]);
+    for (int l = 0; l < 4; ++l) red[l] = __fadd_rn(red[l], red[l + 4]);
+    for (int l = 0; l < 2; ++l) red[l] = __fadd_rn(red[l], red[l + 2]);
+    red[kLanes] = __fadd_rn(red[0], red[1]);
   }
   __syncthreads();
   const float s = red[kLanes];
   __syncthreads();  // red is reused by the caller's next row
   return s;
+}
+
+/// Σ_{c<C} f(c) in core/cpu/norm.cpp's lane_sum order: cpu_lanes of a + f(c), plus the tail
+/// summed in order from 0 (every thread, the same bits). Same contract as cpu_lanes.
+template <class F>
+__device__ float cpu_lane_sum(int64_t C, F f, float* red) {
+  const float lanes = cpu_lanes(C, [f](float a, int64_t c) { return a + f(c); }, red);
+  float tail = 0.0f;
+  for (int64_t c = C / 16 * 16; c < C; ++c) tail += f(c);
+  return lanes + tail;
 }
 
 }  // namespace ptrain::cuda::kern
