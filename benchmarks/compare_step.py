@@ -64,7 +64,12 @@ class BenchError(Exception):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description="ptrain vs PyTorch CPU training-step benchmark")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", default="1,2,all",
+                    help="comma-separated thread counts; 'all' = ptrain's default (train.threads 0, every usable core)")
+    ap.add_argument("--preset", choices=["a4"], help="a4: llama d256, L4, H8/KV4, F704, T256, B8 on tiny.yaml")
+    ap.add_argument("--baseline", metavar="BIN", help="also time this other ptrain binary (e.g. an older build)")
+    ap.add_argument("--mpi", type=int, default=0, metavar="NP",
+                    help="also time `mpirun -np NP ptrain` (train.threads 0) and report tokens/s per rank")
     ap.add_argument("--config", default=os.path.join(ROOT, "configs", "tiny.yaml"))
     ap.add_argument("--steps", type=int, default=30, help="steps per measurement (warm-up included)")
     ap.add_argument("--warmup", type=int, default=5, help="leading steps left out of the median")
@@ -81,12 +86,25 @@ def parse_args(argv=None):
     ap.add_argument("--keep-tmp", action="store_true")
     ap.add_argument("--_gemm-floor", dest="gemm_floor_json", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    if a.threads < 1 or a.rounds < 1 or a.warmup < 0 or a.steps < a.warmup + 3:
-        ap.error("need --threads >= 1, --rounds >= 1, --warmup >= 0 and --steps >= warmup + 3")
+    if a.rounds < 1 or a.warmup < 0 or a.steps < a.warmup + 3:
+        ap.error("need --rounds >= 1, --warmup >= 0 and --steps >= warmup + 3")
+    if a.preset == "a4":
+        a.set = PRESET_A4 + a.set
     return a
 
 
+# The A4 shapes of the threading issue: llama d256, L4, H8 (4 KV heads), F704, T256, B8.
+PRESET_A4 = ["model.hidden=256", "model.heads=8", "model.kv_heads=4", "model.ffn_hidden=704",
+             "train.seq_len=256", "train.micro_batch=8", "train.global_batch=8"]
+
+
 # ---------------------------------------------------------------------------------- helpers
+
+def clean_env():
+    """The environment of a user who set no threading variable: ptrain must choose by itself."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("OMP_", "OPENBLAS_", "GOMP_", "KMP_", "MKL_", "PTRAIN_BLAS"))}
+
 
 def thread_env(n):
     env = dict(os.environ)
@@ -232,21 +250,21 @@ def median_tps(metrics_path, warmup):
 
 # ---------------------------------------------------------------------------------- phases
 
-def correctness(a, tmp, spec, env):
+def correctness(a, tmp, spec, env, threads):
     d = os.path.join(tmp, "check")
     os.makedirs(d)
     data, init, run_dir = os.path.join(d, "data.h5"), os.path.join(d, "init.h5"), os.path.join(d, "run")
     run([PY, REF, "--write-data", data, "--tokens", "20000", "--vocab", str(spec.vocab_size), "--seed", "3"],
-        env, "writing the check token file")
+        thread_env(1), "writing the check token file")
     sets = a.set + [f"data.path={data}", "data.shuffle=false", "train.steps=2", "optim.warmup_steps=1", "train.eval_every=0",
-                    f"train.threads={a.threads}", "train.precision=fp32"]
+                    f"train.threads={threads}", "train.precision=fp32"]
     run([PY, REF, "--config", a.config, *sum((["--set", s] for s in sets), []), "--write-init", init],
-        env, "writing the check init file")
+        thread_env(1), "writing the check init file")
     run([a.ptrain, "--cfg", a.config, *sum((["--set", s] for s in sets), []), "--set", f"checkpoint.dir={run_dir}",
          "--set", "checkpoint.every=0", "--set", f"train.init_from={init}", "--quiet"], env, "ptrain (check)")
     ref_out = os.path.join(d, "ref.json")
     run([PY, REF, "--config", a.config, *sum((["--set", s] for s in sets), []), "--init", init, "--steps", "2",
-         "--out", ref_out, "--threads", str(a.threads)], env, "torch_reference (check)")
+         "--out", ref_out, "--threads", str(threads)], thread_env(threads), "torch_reference (check)")
     ref = json.load(open(ref_out))
     rows = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl")) if l.strip()]
     ours_loss, ours_norm = [r["loss"] for r in rows], [r["grad_norm"] for r in rows]
@@ -264,23 +282,26 @@ def correctness(a, tmp, spec, env):
     return res
 
 
-def time_ptrain(a, tmp, k, data, env, cfg):
+def ptrain_args(a, data, run_dir, cfg, train_threads):
     warm = min(int(cfg["optim"]["warmup_steps"]), a.steps)  # ptrain refuses warmup_steps > train.steps
+    return ["--cfg", a.config, *sum((["--set", s] for s in a.set), []),
+            "--set", f"data.path={data}", "--set", f"checkpoint.dir={run_dir}", "--set", "checkpoint.every=0",
+            "--set", "train.eval_every=0", "--set", f"train.threads={train_threads}", "--set", "data.shuffle=false",
+            "--set", f"train.steps={a.steps}", "--set", f"optim.warmup_steps={warm}", "--quiet"]
+
+
+def time_ptrain(a, binary, tmp, k, data, env, cfg, train_threads):
     run_dir = os.path.join(tmp, f"ptrain_run{k}")
-    cmd = [a.ptrain, "--cfg", a.config, *sum((["--set", s] for s in a.set), []),
-           "--set", f"data.path={data}", "--set", f"checkpoint.dir={run_dir}", "--set", "checkpoint.every=0",
-           "--set", "train.eval_every=0", "--set", f"train.threads={a.threads}", "--set", "data.shuffle=false",
-           "--set", f"train.steps={a.steps}", "--set", f"optim.warmup_steps={warm}", "--quiet"]
-    run(cmd, env, "ptrain (timing)")
+    run([binary] + ptrain_args(a, data, run_dir, cfg, train_threads), env, "ptrain (timing)")
     tps, st, rows = median_tps(os.path.join(run_dir, "metrics.jsonl"), a.warmup)
     shutil.rmtree(run_dir, ignore_errors=True)
     return {"tokens_per_s": tps, "step_s_median": st, "first_loss": rows[0]["loss"],
             "step_s": [r["step_time_s"] for r in rows]}
 
 
-def time_torch(a, env):
+def time_torch(a, env, threads):
     cmd = [PY, TORCH_STEP, "--config", a.config, *sum((["--set", s] for s in a.set), []),
-           "--threads", str(a.threads), "--warmup", str(a.warmup), "--iters", str(a.steps - a.warmup)]
+           "--threads", str(threads), "--warmup", str(a.warmup), "--iters", str(a.steps - a.warmup)]
     r = run(cmd, env, "torch_step.py")
     line = [l for l in r.stdout.splitlines() if l.startswith("{")][-1]
     res = json.loads(line)
@@ -300,17 +321,74 @@ def main():
         return e.code
 
 
+OPENMP_BLAS_DIR = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
+
+
+def ptrain_info(binary):
+    """`ptrain info` (the BLAS build and core ptrain runs on, its usable cores); None for a binary
+    that predates the subcommand."""
+    r = subprocess.run([binary, "info"], capture_output=True, text=True, env=clean_env())
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+    except (ValueError, IndexError):
+        return None
+
+
+def peer_envs(core, threads):
+    """The PyTorch (and GEMM-floor numpy) environments to try: Debian's libblas.so.3 alternative
+    and OpenBLAS's OpenMP build, both on the OpenBLAS core ptrain runs on."""
+    out = {}
+    base = thread_env(threads)
+    for k in ("OPENBLAS_CORETYPE", "LD_LIBRARY_PATH"):
+        base.pop(k, None)
+    if core:
+        base["OPENBLAS_CORETYPE"] = core
+    out["pthread"] = dict(base)
+    if os.path.isdir(OPENMP_BLAS_DIR):
+        e = dict(base)
+        e["LD_LIBRARY_PATH"] = OPENMP_BLAS_DIR
+        out["openmp"] = e
+    return out
+
+
+def thread_counts(spec_list, cores):
+    """'1,2,all' -> [(label, n, train.threads)]. 'all' runs ptrain's default (train.threads 0, every
+    usable core); when 'all' equals a listed count, that one entry runs the default."""
+    out = []
+    for tok in (t.strip() for t in spec_list.split(",")):
+        if tok == "all":
+            n = cores
+        elif tok.isdigit() and int(tok) >= 1:
+            n = int(tok)
+        else:
+            raise BenchError(f"--threads: '{tok}' is not a thread count (an integer >= 1 or 'all')", 2)
+        same = [i for i, (_, m, _) in enumerate(out) if m == n]
+        if same and tok == "all":
+            out[same[0]] = (f"{n} (all)", n, 0)
+        elif not same:
+            out.append((f"{n} (all)", n, 0) if tok == "all" else (str(n), n, n))
+    return out
+
+
 def bench(a):
     if not (os.path.isfile(a.ptrain) and os.access(a.ptrain, os.X_OK)):
         raise BenchError(f"no ptrain binary at {a.ptrain}. HINT: build it (cmake -S . -B build -G Ninja "
                          "-DPTRAIN_CUDA=OFF && ninja -C build ptrain) or set PTRAIN_BIN / --ptrain", 2)
     a.ptrain = os.path.abspath(a.ptrain)
     a.config = os.path.abspath(a.config)
+    if a.baseline:
+        a.baseline = os.path.abspath(a.baseline)
+        if not os.access(a.baseline, os.X_OK):
+            raise BenchError(f"--baseline {a.baseline} is not an executable", 2)
     try:
         cfg, spec, T, mb, G = load_cfg(a.config, a.set)
     except Exception as e:  # RefError or a YAML error: a usage problem
         raise BenchError(f"config {a.config}: {e}", 2)
-    env = thread_env(a.threads)
+    info = ptrain_info(a.ptrain) or {}
+    blas_p = info.get("blas", {})
+    cores = int(info.get("usable_cores") or os.cpu_count() or 1)
+    counts = thread_counts(a.threads, cores)
+    core = blas_p.get("core")
     fpt, n_mm = flops_per_token(spec, T)
     tokens_per_step = G * T
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -318,104 +396,159 @@ def bench(a):
     alt = subprocess.run(["update-alternatives", "--display", "libblas.so.3-x86_64-linux-gnu"],
                          capture_output=True, text=True).stdout
     alt_now = re.search(r"points to (\S+)", alt)
-    blas_ptrain = ptrain_blas(a.ptrain)
     load_before = os.getloadavg()
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    log(f"ptrain: {a.ptrain}: BLAS {blas_p.get('build', '?')} build, core {core or '?'} "
+        f"({blas_p.get('core_source', '?')}); {cores} usable cores; thread counts "
+        f"{', '.join(l for l, _, _ in counts)}; peer: PyTorch {'on core ' + core if core else ''}, the faster "
+        f"of its BLAS builds ({', '.join(peer_envs(core, 1))})")
 
     tmp = tempfile.mkdtemp(prefix="ptrain_cpu_step_")
+    rows = []
     try:
-        check = correctness(a, tmp, spec, env)
-        print(f"correctness: first losses ptrain {check['ptrain_loss'][0]:.6f} torch {check['torch_loss'][0]:.6f} "
-              f"(ln V = {check['ln_vocab']:.4f}); max rel diff loss {check['max_rel_loss']:.1e}, "
-              f"grad norm {check['max_rel_grad_norm']:.1e}: OK", flush=True)
+        check = correctness(a, tmp, spec, clean_env(), counts[0][1])
+        log(f"correctness: first losses ptrain {check['ptrain_loss'][0]:.6f} torch {check['torch_loss'][0]:.6f} "
+            f"(ln V = {check['ln_vocab']:.4f}); max rel diff loss {check['max_rel_loss']:.1e}, "
+            f"grad norm {check['max_rel_grad_norm']:.1e}: OK")
         data = os.path.join(tmp, "data.h5")
         run([PY, REF, "--write-data", data, "--tokens", str((a.steps * G + 1) * T + 2), "--vocab",
-             str(spec.vocab_size), "--seed", "1"], env, "writing the token file")
+             str(spec.vocab_size), "--seed", "1"], thread_env(1), "writing the token file")
 
-        rounds = []
-        log = lambda m: print(m, flush=True)  # noqa: E731
-        for k in range(a.rounds):
-            if a.wait_quiet > 0:
-                wait_quiet(a.threads, a.wait_quiet, log)
-            with Foreign() as fp:
-                p = time_ptrain(a, tmp, k, data, env, cfg)
-            if abs(p["first_loss"] - math.log(spec.vocab_size)) > 0.25:
-                raise BenchError(f"ptrain's first loss {p['first_loss']} is not near ln(V) = "
-                                 f"{math.log(spec.vocab_size):.4f}: wrong model or init", 4)
-            if a.wait_quiet > 0:
-                wait_quiet(a.threads, a.wait_quiet, log)
-            with Foreign() as ft:
-                t = time_torch(a, env)
-            if k == 0 and "openblas" not in (t.get("blas") or "").lower() and not a.allow_reference_blas:
-                raise BenchError(f"torch is not on OpenBLAS ({t.get('blas')}); the ratio would measure the BLAS.\n"
-                                 f"{alt}HINT: sudo update-alternatives --set libblas.so.3-x86_64-linux-gnu "
-                                 "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3", 3)
-            rounds.append({"ptrain": p["tokens_per_s"], "pytorch": t["tokens_per_s"],
-                           "ratio": p["tokens_per_s"] / t["tokens_per_s"],
-                           "foreign_cores_ptrain": fp.cores, "foreign_cores_pytorch": ft.cores})
-            print(f"round {k + 1}/{a.rounds}: ptrain {p['tokens_per_s']:9.0f} tok/s   pytorch "
-                  f"{t['tokens_per_s']:9.0f} tok/s   ratio {rounds[-1]['ratio']:.3f}   (other processes used "
-                  f"{fp.cores:.2f} / {ft.cores:.2f} cores meanwhile)", flush=True)
-            torch_info = t
+        for label, n, tt in counts:
+            envs = peer_envs(core, n)
+            rounds = []
+            for k in range(a.rounds):
+                r = {}
+                if a.wait_quiet > 0:
+                    wait_quiet(n, a.wait_quiet, log)
+                with Foreign() as fp:
+                    p = time_ptrain(a, a.ptrain, tmp, k, data, clean_env(), cfg, tt)
+                if abs(p["first_loss"] - math.log(spec.vocab_size)) > 0.25:
+                    raise BenchError(f"ptrain's first loss {p['first_loss']} is not near ln(V) = "
+                                     f"{math.log(spec.vocab_size):.4f}: wrong model or init", 4)
+                r["ptrain"], r["foreign_cores"] = p["tokens_per_s"], fp.cores
+                if a.baseline:
+                    r["baseline"] = time_ptrain(a, a.baseline, tmp, k, data, clean_env(), cfg, tt)["tokens_per_s"]
+                for build, env in envs.items():
+                    if a.wait_quiet > 0:
+                        wait_quiet(n, a.wait_quiet, log)
+                    with Foreign() as ft:
+                        t = time_torch(a, env, n)
+                    if "openblas" not in (t.get("blas") or "").lower() and not a.allow_reference_blas:
+                        raise BenchError(f"torch ({build}) is not on OpenBLAS ({t.get('blas')}); the ratio would "
+                                         f"measure the BLAS.\n{alt}HINT: sudo update-alternatives --set "
+                                         "libblas.so.3-x86_64-linux-gnu "
+                                         "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3", 3)
+                    r[f"torch_{build}"] = t["tokens_per_s"]
+                    r["torch_blas_" + build] = t.get("blas")
+                    r["foreign_cores"] = max(r["foreign_cores"], ft.cores)
+                r["pytorch"] = max(r[f"torch_{b}"] for b in envs)
+                r["ratio"] = r["ptrain"] / r["pytorch"]
+                rounds.append(r)
+                log(f"threads {label}, round {k + 1}/{a.rounds}: ptrain {r['ptrain']:8.0f} tok/s"
+                    + (f"   baseline {r['baseline']:8.0f}" if a.baseline else "")
+                    + "".join(f"   torch/{b} {r['torch_' + b]:8.0f}" for b in envs)
+                    + f"   ratio {r['ratio']:.3f}   (others used {r['foreign_cores']:.2f} cores)")
+            floor = None
+            if not a.no_gemm_floor:
+                child = json.dumps({"shapes": linear_shapes(spec, mb * T), "accum": G // mb, "reps": 20})
+                best = None
+                for build, env in envs.items():
+                    f = json.loads(run([PY, os.path.abspath(__file__), "--_gemm-floor", child], env,
+                                       "GEMM floor").stdout.strip().splitlines()[-1])
+                    f["build"] = build
+                    if best is None or f["step_s"] < best["step_s"]:
+                        best = f
+                floor = best
+                floor["tokens_per_s_bound"] = tokens_per_step / floor["step_s"]
+            med = lambda key: statistics.median(x[key] for x in rounds)  # noqa: E731
+            best = lambda key: max(x[key] for x in rounds)  # noqa: E731
+            row = {"threads": label, "n": n, "train_threads": tt, "rounds_detail": rounds,
+                   "ptrain_best": best("ptrain"), "ptrain_median": med("ptrain"),
+                   "pytorch_best": best("pytorch"), "pytorch_median": med("pytorch"),
+                   "ratio_best": best("ptrain") / best("pytorch"), "ratio_median": med("ptrain") / med("pytorch"),
+                   "ratio_per_round_median": med("ratio"), "gemm_floor": floor}
+            for b in envs:
+                row[f"torch_{b}_best"] = best(f"torch_{b}")
+            if a.baseline:
+                row["baseline_best"], row["baseline_median"] = best("baseline"), med("baseline")
+            rows.append(row)
 
-        floor = None
-        if not a.no_gemm_floor:
-            child = json.dumps({"shapes": linear_shapes(spec, mb * T), "accum": G // mb, "reps": 20})
-            r = run([PY, os.path.abspath(__file__), "--_gemm-floor", child], env, "GEMM floor")
-            floor = json.loads(r.stdout.strip().splitlines()[-1])
+        mpi = None
+        if a.mpi:
+            mpi = time_mpi(a, tmp, data, cfg)
     finally:
         if a.keep_tmp:
             print(f"temp dir kept: {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    best_p, best_t = max(r["ptrain"] for r in rounds), max(r["pytorch"] for r in rounds)
-    med_p, med_t = statistics.median(r["ptrain"] for r in rounds), statistics.median(r["pytorch"] for r in rounds)
     res = {
         "bench": "cpu_step", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": model.group(1) if model else "?",
-        "config": os.path.relpath(a.config, ROOT), "sets": a.set, "threads": a.threads, "steps": a.steps,
-        "warmup": a.warmup, "rounds": a.rounds, "tokens_per_step": tokens_per_step,
-        "model_flops_per_token": fpt, "matmul_params": n_mm,
-        "ptrain": {"tokens_per_s_best": best_p, "tokens_per_s_median": med_p, "gflops_best": best_p * fpt / 1e9,
-                   "blas": blas_ptrain, "binary": a.ptrain},
-        "pytorch": {"tokens_per_s_best": best_t, "tokens_per_s_median": med_t, "gflops_best": best_t * fpt / 1e9,
-                    "blas": torch_info.get("blas"), "torch": torch_info.get("torch")},
-        "ratio_best": best_p / best_t, "ratio_median": med_p / med_t,
-        "ratio_per_round_median": statistics.median(r["ratio"] for r in rounds),
-        "rounds_detail": rounds, "correctness": check,
-        "libblas_alternative": alt_now.group(1) if alt_now else None,
-        "gemm_floor": floor, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "config": os.path.relpath(a.config, ROOT), "sets": a.set, "steps": a.steps, "warmup": a.warmup,
+        "rounds": a.rounds, "tokens_per_step": tokens_per_step, "model_flops_per_token": fpt,
+        "matmul_params": n_mm, "ptrain_binary": a.ptrain, "ptrain_info": info, "baseline_binary": a.baseline,
+        "rows": rows, "mpi": mpi, "correctness": check, "libblas_alternative": alt_now.group(1) if alt_now else None,
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
     }
-    if floor:
-        res["gemm_floor"]["tokens_per_s_bound"] = tokens_per_step / floor["step_s"]
-
     step_ms = lambda tps: 1e3 * tokens_per_step / tps  # noqa: E731
     print()
     print(f"CPU training step, {res['config']} {' '.join(a.set)}: {tokens_per_step} tokens/step, "
-          f"{fpt / 1e6:.2f} MFLOP/token, {a.threads} thread(s), {a.rounds} alternated rounds of "
-          f"{a.steps} steps (median after {a.warmup} warm-up)")
-    print(f"{'':10s} {'tok/s best':>11s} {'tok/s med':>11s} {'ms/step':>8s} {'GFLOP/s':>8s}  BLAS")
-    print(f"{'ptrain':10s} {best_p:11.0f} {med_p:11.0f} {step_ms(best_p):8.1f} {best_p * fpt / 1e9:8.1f}  "
-          f"{', '.join(blas_ptrain) or 'not found by ldd'}")
-    print(f"{'pytorch':10s} {best_t:11.0f} {med_t:11.0f} {step_ms(best_t):8.1f} {best_t * fpt / 1e9:8.1f}  "
-          f"{(torch_info.get('blas') or '?').split(';')[0]}")
-    print(f"{'ratio':10s} {best_p / best_t:11.3f} {med_p / med_t:11.3f}   (ptrain / pytorch; per-round median "
-          f"{res['ratio_per_round_median']:.3f})")
-    if floor:
-        print(f"GEMM floor: the step's linear GEMMs alone take {1e3 * floor['step_s']:.1f} ms "
-              f"({floor['gflops']:.1f} GFLOP/s through OpenBLAS) -> at most "
-              f"{res['gemm_floor']['tokens_per_s_bound']:.0f} tok/s; ptrain spends "
-              f"{100 * floor['step_s'] / (tokens_per_step / best_p):.0f}% of its step there, pytorch "
-              f"{100 * floor['step_s'] / (tokens_per_step / best_t):.0f}%")
-    worst = max(max(r["foreign_cores_ptrain"], r["foreign_cores_pytorch"]) for r in rounds)
+          f"{fpt / 1e6:.2f} MFLOP/token; {a.rounds} alternated rounds of {a.steps} steps each (median after "
+          f"{a.warmup} warm-up); tokens/s best of rounds; ptrain with no threading variable in its environment "
+          f"(train.threads = the count, 0 for 'all'); PyTorch the faster of its BLAS builds, on core {core}")
+    builds = list(peer_envs(core, 1))
+    head = ["threads", "ptrain tok/s", "ms/step"] + (["baseline tok/s", "ptrain/baseline"] if a.baseline else []) \
+        + [f"torch ({b})" for b in builds] + ["ptrain/pytorch (best)", "(median)", "GEMM floor tok/s",
+                                               "ptrain's share in GEMM"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        f = r["gemm_floor"]
+        cells = [r["threads"], f"{r['ptrain_best']:.0f}", f"{step_ms(r['ptrain_best']):.1f}"]
+        if a.baseline:
+            cells += [f"{r['baseline_best']:.0f}", f"{r['ptrain_best'] / r['baseline_best']:.2f}x"]
+        cells += [f"{r['torch_' + b + '_best']:.0f}" for b in builds]
+        cells += [f"{r['ratio_best']:.2f}x", f"{r['ratio_median']:.2f}x",
+                  f"{f['tokens_per_s_bound']:.0f} ({f['gflops']:.0f} GFLOP/s, {f['build']})" if f else "-",
+                  f"{100 * f['step_s'] / (tokens_per_step / r['ptrain_best']):.0f}%" if f else "-"]
+        print("| " + " | ".join(cells) + " |")
+    one = next((r for r in rows if r["n"] == 1), None)
+    for r in rows:
+        if one and r is not one:
+            print(f"ptrain at {r['threads']} threads: {r['ptrain_best'] / one['ptrain_best']:.2f}x its 1-thread "
+                  "tokens/s")
+    if mpi:
+        print(f"mpirun -np {mpi['np']} (train.threads {mpi['train_threads']}): {mpi['tokens_per_s']:.0f} tok/s in "
+              f"all = {mpi['per_rank']:.0f} per rank"
+              + (f", {mpi['per_rank'] / one['ptrain_best']:.2f}x the single-rank 1-thread figure" if one else ""))
+    worst = max(x["foreign_cores"] for r in rows for x in r["rounds_detail"])
     print(f"load average before/after: {load_before[0]:.2f} / {res['loadavg_after'][0]:.2f}; other processes "
-          f"used up to {worst:.2f} of {os.cpu_count()} cores during a measurement"
-          + ("  ** CONTENDED: trust the per-round ratios, not the absolute figures **"
-             if worst + a.threads > (os.cpu_count() or 1) + 0.25 else ""))
+          f"used up to {worst:.2f} of {os.cpu_count()} cores during a measurement")
     print("RESULT " + json.dumps(res))
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(res, f, indent=1)
     return 0
+
+
+def time_mpi(a, tmp, data, cfg):
+    """`mpirun -np NP ptrain` (1 thread each: cores / ranks on a 2-core machine): global tokens/s
+    over the ranks, median of the best round."""
+    mpirun = shutil.which("mpirun")
+    if not mpirun:
+        raise BenchError("--mpi: no mpirun on PATH", 2)
+    best = None
+    for k in range(a.rounds):
+        run_dir = os.path.join(tmp, f"mpi_run{k}")
+        cmd = [mpirun, "-np", str(a.mpi), "--oversubscribe", "--bind-to", "none"] \
+            + (["--allow-run-as-root"] if os.geteuid() == 0 else []) + [a.ptrain] \
+            + ptrain_args(a, data, run_dir, cfg, 0)
+        run(cmd, clean_env(), "mpirun ptrain (timing)")
+        tps, _, _ = median_tps(os.path.join(run_dir, "metrics.jsonl"), a.warmup)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        best = tps if best is None else max(best, tps)
+    return {"np": a.mpi, "train_threads": 0, "tokens_per_s": best, "per_rank": best / a.mpi}
 
 
 if __name__ == "__main__":

@@ -1,15 +1,22 @@
-// launch/cli.cpp — subcommands: train (default), prepare, export; --list-layers, --help-config.
+// launch/cli.cpp — subcommands: train (default), prepare, export, info; --list-layers, --help-config.
 #include "launch/cli.h"
 
 #include "launch/mpi_session.h"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <csignal>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
+#include "core/cpu/threading.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "launch/checkpoint.h"
@@ -29,6 +36,7 @@ constexpr const char* kUsage =
     "  ptrain --cfg FILE.yaml [--set key.path=value]... [--resume]   train\n"
     "  ptrain prepare --input FILE... --out FILE.h5 [--tokenizer byte]  text/JSON -> HDF5 tokens\n"
     "  ptrain export --run DIR [--step N] --out FILE.h5 [--dtype fp32|bf16]  checkpoint -> HF-named weights\n"
+    "  ptrain info                                                    CPU threads and BLAS, as JSON\n"
     "  ptrain --list-layers | --help-config | --help\n";
 
 ValidationContext validation_context(int world) {
@@ -46,6 +54,42 @@ void on_signal(int sig) { stop_signal().store(sig); }
 int world_from_env(const char* var) {
   const char* v = std::getenv(var);
   return v ? std::max(1, std::atoi(v)) : 1;
+}
+
+/// Applies cpu::blas_env_plan() (a faster OpenBLAS core where OpenBLAS fell back to generic
+/// kernels; passive OpenMP waits with a non-OpenMP BLAS) by re-executing this program with the
+/// variables set: OpenBLAS and libgomp read them only when they load. Runs before MPI_Init
+/// (the process keeps its pid, so mpirun sees nothing); at most once (cpu::kReexecMarker).
+/// When exec fails, ptrain goes on with the BLAS as loaded and says so.
+void apply_blas_env(char** argv) {
+  const cpu::EnvPlan plan = cpu::blas_env_plan();
+  if (plan.set.empty()) return;
+  for (const auto& [k, v] : plan.set) setenv(k.c_str(), v.c_str(), 1);
+  setenv(cpu::kReexecMarker, plan.why.c_str(), 1);
+  execv("/proc/self/exe", argv);
+  const int err = errno;
+  for (const auto& [k, v] : plan.set) unsetenv(k.c_str());
+  unsetenv(cpu::kReexecMarker);
+  std::cerr << fmt::format("ptrain: warning: could not re-execute to apply {} ({}); going on with the BLAS as loaded\n",
+                           plan.why, std::strerror(err));
+}
+
+/// `ptrain info`: what the CPU path runs on, one JSON object (the benchmarks read it).
+int cmd_info() {
+  const cpu::BlasInfo b = cpu::blas_info();
+  const int local = world_from_env("OMPI_COMM_WORLD_LOCAL_SIZE");
+  nlohmann::json j = {
+      {"blas",
+       {{"library", b.library}, {"config", b.config}, {"build", b.build}, {"core", b.core},
+        {"core_detected", b.core_detected}, {"core_source", b.core_source}}},
+      {"cpu_isa_level", cpu::cpu_isa_level()},
+      {"usable_cores", cpu::usable_cores()},
+      {"affinity_bound", cpu::affinity_bound()},
+      {"local_ranks", local},
+      {"threads_auto", cpu::auto_threads(local)},
+  };
+  std::cout << j.dump() << "\n";
+  return 0;
 }
 
 int cmd_train(int argc, char** argv) {
@@ -160,6 +204,11 @@ int main_entry(int argc, char** argv) {
     const std::string sub = argc > 1 ? argv[1] : "";
     if (sub == "prepare") return cmd_prepare(argc - 1, argv + 1);
     if (sub == "export") return cmd_export(argc - 1, argv + 1);
+    if (sub == "info") {
+      PT_USER_CHECK(argc == 2, "info takes no arguments\n{}", kUsage);
+      apply_blas_env(argv);
+      return cmd_info();
+    }
     if (sub == "--help" || sub == "-h" || sub.empty()) {
       std::cout << kUsage;
       return sub.empty() ? 2 : 0;
@@ -172,6 +221,7 @@ int main_entry(int argc, char** argv) {
       std::cout << describe_keys();
       return 0;
     }
+    apply_blas_env(argv);
     return cmd_train(argc, argv);
   } catch (const UserError& e) {
     std::cerr << "ptrain: error: " << e.what() << "\n";

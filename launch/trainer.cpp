@@ -1,7 +1,6 @@
 // launch/trainer.cpp — the single-rank training loop (see trainer.h for the order of work).
 #include "launch/trainer.h"
 
-#include <cblas.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -14,6 +13,7 @@
 #include <thread>
 
 #include "core/autograd.h"
+#include "core/cpu/threading.h"
 #if PTRAIN_HAVE_CUDA
 #include "core/cuda/device.h"
 #include "core/cuda/device_memory.h"
@@ -52,10 +52,35 @@ std::string si(double v) {
   return fmt::format("{:.0f}", v);
 }
 
+/// "2 threads per rank (auto: 2 usable cores / 1 rank on this node); BLAS OpenBLAS 0.3.21 (openmp build), core ..."
+/// plus a warning line when the cores are oversubscribed or the BLAS is not the OpenMP build.
+std::string describe_threads(int threads, int configured, int local_ranks, int world_size, int world_threads) {
+  const int cores = cpu::usable_cores();
+  const bool bound = cpu::affinity_bound();  // the mask is this rank's own share of the node
+  std::string s = fmt::format("{} thread{} per rank", threads, threads == 1 ? "" : "s");
+  if (world_size > 1 && world_threads != threads * world_size)
+    s = fmt::format("{} threads on rank 0, {} over {} ranks", threads, world_threads, world_size);
+  s += configured > 0 ? " (train.threads)"
+                      : bound ? fmt::format(" (train.threads auto: this rank is bound to {} core{})", cores,
+                                            cores == 1 ? "" : "s")
+                              : fmt::format(" (train.threads auto: {} usable core{} / {} rank{} on this node)",
+                                            cores, cores == 1 ? "" : "s", local_ranks, local_ranks == 1 ? "" : "s");
+  const cpu::BlasInfo blas = cpu::blas_info();
+  s += "; " + blas.summary();
+  if (bound ? threads > cores : threads * local_ranks > cores)
+    s += fmt::format("\nptrain: warning: {} threads x {} rank{} exceed the {} usable core{}: expect slow steps. "
+                     "HINT: set train.threads: 0 (auto)",
+                     threads, bound ? 1 : local_ranks, bound || local_ranks == 1 ? "" : "s", cores,
+                     cores == 1 ? "" : "s");
+  if (blas.build != "openmp" && threads > 1)
+    s += fmt::format("\nptrain: warning: the BLAS is OpenBLAS's {} build, whose threads compete with ptrain's "
+                     "OpenMP threads{}. HINT: build against libopenblas-openmp-dev (-DPTRAIN_OPENBLAS=openmp)",
+                     blas.build, std::getenv("OMP_WAIT_POLICY") ? " (OMP_WAIT_POLICY softens it)" : "");
+  return s;
+}
+
 int resolve_threads(const Config& cfg, int local_ranks) {
-  if (cfg.train.threads > 0) return cfg.train.threads;
-  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-  return std::max(1, static_cast<int>(hw) / std::max(1, local_ranks));
+  return cfg.train.threads > 0 ? cfg.train.threads : cpu::auto_threads(local_ranks);
 }
 
 }  // namespace
@@ -217,8 +242,7 @@ void Trainer::check_inputs() {
 void Trainer::setup() {
   if (setup_done_) return;
   const int threads = resolve_threads(cfg_, opt_.local_ranks);
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
+  cpu::set_threads(threads);
 
   // ---- input checks (data, run directory, init_from), before any collective ----
   std::string failure;
@@ -228,8 +252,10 @@ void Trainer::setup() {
     failure = e.what();
   }
   if (world_in_ && world_in_->size() > 1) {
-    double failed = failure.empty() ? 0.0 : 1.0;
-    world_in_->all_reduce(std::span<double>(&failed, 1));
+    double sums[2] = {failure.empty() ? 0.0 : 1.0, static_cast<double>(threads)};  // failures, threads
+    world_in_->all_reduce(std::span<double>(sums, 2));
+    const double failed = sums[0];
+    world_threads_ = static_cast<int>(sums[1]);
     inputs_failed_everywhere_ = failed == world_in_->size();
     if (failed > 0 && failure.empty())
       throw PeerFailed(fmt::format("{} of {} ranks failed their input checks (see their messages)",
@@ -358,9 +384,11 @@ void Trainer::setup() {
     metrics_ = std::make_unique<MetricsWriter>((fs::path(dir) / "metrics.jsonl").string(), start_step_);
   }
   if (opt_.rank == 0 && !opt_.quiet) {
-    fmt::print("ptrain: {} {} params ({} layers, hidden {}, heads {}/{}), precision {}, device {}, {} threads\n",
-               spec_.arch, si(static_cast<double>(num_params_)), spec_.layers, spec_.hidden, spec_.heads,
-               spec_.kv_heads, dtype_name(spec_.dtype), device_ == Device::cuda ? "cuda" : "cpu", threads);
+    fmt::print("ptrain: {} {} params ({} layers, hidden {}, heads {}/{}), precision {}, device {}\n", spec_.arch,
+               si(static_cast<double>(num_params_)), spec_.layers, spec_.hidden, spec_.heads, spec_.kv_heads,
+               dtype_name(spec_.dtype), device_ == Device::cuda ? "cuda" : "cpu");
+    fmt::print("ptrain: {}\n", describe_threads(threads, cfg_.train.threads, opt_.local_ranks, opt_.world_size,
+                                                 world_threads_ > 0 ? world_threads_ : threads));
     if (device_ == Device::cuda)
       fmt::print("ptrain: {}; MFU {}\n", describe_gpu(),
                  peak_flops_ > 0 ? fmt::format("against a peak of {:.1f} TFLOP/s ({})", peak_flops_ / 1e12,

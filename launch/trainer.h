@@ -129,6 +129,7 @@ class Trainer {
   parallel::Timeline timeline_;
   bool zero_ = false;
   bool inputs_failed_everywhere_ = false;
+  int world_threads_ = 0;  ///< sum of every rank's thread count (0 until setup, single rank)
   double last_bubble_ = 0;
   void check_inputs();
   std::optional<int64_t> latest_;  ///< the checkpoint --resume continues from

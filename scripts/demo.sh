@@ -17,5 +17,5 @@ if [[ ! -f $corpus/nlp-corpus.h5 ]]; then
   ./build/ptrain prepare --input $corpus/package/builds/*.json --out $corpus/nlp-corpus.h5 --tokenizer byte
 fi
 rm -rf runs/tiny   # the demo always starts fresh (a real run would use --resume)
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} ./build/ptrain --cfg configs/tiny.yaml "$@"
+./build/ptrain --cfg configs/tiny.yaml "$@"
 echo "demo: done in $((SECONDS - t0)) s; metrics in runs/tiny/metrics.jsonl, checkpoints in runs/tiny/"

@@ -12,7 +12,7 @@ PKGS=(
   libyaml-cpp-dev
   libboost-program-options-dev libboost-context-dev
   libgtest-dev libgmock-dev
-  libopenblas-dev
+  libopenblas-dev libopenblas-openmp-dev
   nlohmann-json3-dev libfmt-dev
   python3 python3-numpy python3-h5py python3-yaml python3-torch
 )
