@@ -110,9 +110,8 @@ BlasInfo blas_info() {
 }
 
 void set_threads(int n) {
-  n = std::max(1, n);
-  omp_set_num_threads(n);
-  openblas_set_num_threads(n);
+  openblas_set_num_threads(1);  // (the OpenMP build's call also sets OpenMP's count: first)
+  omp_set_num_threads(std::max(1, n));
 }
 
 int usable_cores() {

@@ -2,9 +2,12 @@
 //
 // ptrain's kernels are OpenMP loops and its GEMMs go to OpenBLAS. Two pools on the same cores
 // fight (libgomp's workers spin after each parallel region while OpenBLAS's own pthreads need
-// those cores: 2 threads ran at a third of 1 thread's speed), so ptrain links OpenBLAS's OpenMP
-// build: a GEMM runs on the same OpenMP team as the kernels, and a GEMM called inside one of
-// our parallel regions runs on the calling thread. set_threads() sets the one count.
+// those cores: 2 threads ran at a third of 1 thread's speed), so there is one pool, ptrain's
+// OpenMP team: OpenBLAS runs single-threaded, and cpu::gemm cuts C into fixed tiles that the
+// team shares (core/cpu/gemm.cpp; fixed tiles also keep the results independent of the thread
+// count, which OpenBLAS's own splitting does not). ptrain links OpenBLAS's OpenMP build, made
+// to be called from OpenMP threads, which leaves no second pool in the process at all.
+// set_threads() sets the one count.
 //
 // OpenBLAS (DYNAMIC_ARCH) picks its kernels by CPU model when it loads; a model it does not know
 // gets the generic 'Prescott' SSE3 kernels (OpenBLAS 0.3.21 on Emerald Rapids, measured 3.8x
@@ -36,8 +39,8 @@ struct BlasInfo {
 };
 BlasInfo blas_info();
 
-/// Sets the one thread count of ptrain's kernels and the BLAS (omp_set_num_threads and
-/// openblas_set_num_threads; with the OpenMP build both are the same team).
+/// Sets the one thread count of ptrain's kernels and GEMMs: OpenMP's, with OpenBLAS held at 1
+/// (cpu::gemm parallelises over tiles on the OpenMP team).
 void set_threads(int n);
 
 /// CPUs this process may run on: its affinity mask (mpirun --bind-to gives each rank its share),

@@ -95,6 +95,35 @@ void expect_resume_bit_identical(const std::string& precision) {
 TEST(Trainer, ResumeIsBitIdenticalFp32) { expect_resume_bit_identical("fp32"); }
 TEST(Trainer, ResumeIsBitIdenticalBf16) { expect_resume_bit_identical("bf16"); }
 
+// train.threads sets the one thread count of ptrain's kernels and the BLAS (core/cpu/threading.h):
+// every step's loss and gradient norm are the same bits at 1, 2 and 4 threads, fp32 and bf16.
+TEST(Trainer, BitIdenticalAcrossThreadCounts) {
+  auto dir = fresh_dir("threads");
+  const std::string data = make_data(dir);
+  for (const std::string precision : {"fp32", "bf16"}) {
+    std::vector<nlohmann::json> want;
+    for (int threads : {1, 2, 4}) {
+      const fs::path run = dir / fmt::format("{}_t{}", precision, threads);
+      ASSERT_EQ(train(yaml(data, run), false,
+                      {"train.precision=" + precision, fmt::format("train.threads={}", threads), "train.steps=8",
+                       "checkpoint.every=0"}),
+                0);
+      auto rows = metrics(run);
+      ASSERT_EQ(rows.size(), 8u);
+      if (want.empty()) {
+        want = rows;
+        continue;
+      }
+      for (size_t k = 0; k < rows.size(); ++k) {
+        EXPECT_EQ(rows[k].at("loss").get<double>(), want[k].at("loss").get<double>())
+            << precision << " step " << k + 1 << " at " << threads << " threads";
+        EXPECT_EQ(rows[k].at("grad_norm").get<double>(), want[k].at("grad_norm").get<double>())
+            << precision << " step " << k + 1 << " at " << threads << " threads";
+      }
+    }
+  }
+}
+
 TEST(Trainer, Bf16TracksFp32) {
   auto dir = fresh_dir("bf16_vs_fp32");
   const std::string data = make_data(dir);
