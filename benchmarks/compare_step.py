@@ -1,30 +1,30 @@
 #!/usr/bin/python3
 """ptrain's CPU training step against PyTorch's, measured side by side in one run.
 
-    compare_step.py [--threads N] [--config configs/tiny.yaml] [--steps K] [--rounds R]
-                    [--warmup W] [--set key.path=value ...] [--ptrain BIN] [--json-out F]
-                    [--allow-reference-blas] [--keep-tmp]
+    compare_step.py [--threads 1,2,all] [--preset a4] [--config configs/tiny.yaml] [--steps K]
+                    [--rounds R] [--warmup W] [--set key.path=value ...] [--ptrain BIN]
+                    [--baseline OLD_BIN] [--mpi NP] [--json-out F] [--allow-reference-blas] [--keep-tmp]
 
 (benchmarks/cpu_step.sh is the front door; it runs this file with Debian's /usr/bin/python3.)
 
 What it does, in order:
- 1. BLAS: resolves the library ptrain's `cblas_sgemm` comes from (ldd) and the one torch's
-    `sgemm_` comes from (benchmarks/torch_step.py reports it). Refuses to compare (exit 3) when
-    torch is not on OpenBLAS: on Debian's reference BLAS the same torch is ~12x slower and the
-    ratio would measure the BLAS, not the framework.
+ 1. `ptrain info`: the OpenBLAS build and core ptrain runs on, its usable cores ('all').
  2. Correctness before timing: one init file (tests/reference/torch_reference.py --write-init)
     and one token file; 2 steps of ptrain (train.init_from) and 2 of the reference on them.
     Losses must agree to 1e-4 relative, pre-clip gradient norms to 1e-3, and the first loss
     must be within 0.25 of ln(vocab) (a random init predicts ~uniformly).
- 3. Timing, alternated R times: ptrain K steps (median tokens_per_s of metrics.jsonl after
-    W warm-up steps; its first loss is checked against ln(vocab) again), then torch_step.py
-    with W warm-up and K-W timed steps. Same config, same shapes, same thread count
-    (OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = N for both, plus train.threads=N / torch.set_num_threads).
- 4. A GEMM floor: the step's linear-layer GEMMs (forward, dX, dW for every projection and
-    the LM head, all micro-batches) timed alone through the same OpenBLAS (numpy, N threads);
-    the time no framework can go below without a better GEMM.
- 5. Prints a table and ONE JSON line (prefixed "RESULT ") with tokens/s, model GFLOP/s,
-    best-of and median-of-rounds ratio ptrain / pytorch, the BLAS of each side, load averages.
+ 3. For each thread count, R alternated rounds of: ptrain K steps with NO threading variable in
+    its environment (OMP_*, OPENBLAS_*, GOMP_*, KMP_* removed; train.threads = the count, 0 for
+    'all': what a user gets by default), the --baseline binary the same way, then
+    benchmarks/torch_step.py under each OpenBLAS build torch can load (Debian's libblas.so.3
+    alternative, and the OpenMP build via LD_LIBRARY_PATH), OMP_NUM_THREADS = OPENBLAS_NUM_THREADS
+    = the count and OPENBLAS_CORETYPE = ptrain's core, so both sides run the same GEMM kernels.
+    The peer is the faster build (per round). Refuses (exit 3) when torch is not on OpenBLAS.
+ 4. A GEMM floor per thread count: the step's linear-layer GEMMs (forward, dX, dW for every
+    projection and the LM head, all micro-batches) timed alone through the same OpenBLAS
+    builds and core (numpy), the faster kept: the time no framework goes below without a better GEMM.
+ 5. --mpi NP: `mpirun -np NP ptrain` (train.threads 0), tokens/s per rank against the 1-thread row.
+ 6. Prints a Markdown table and ONE JSON line (prefixed "RESULT ").
 
 Model FLOPs per token (reported GFLOP/s = FLOPs/token * tokens/s):
     6 * (matmul weights: q,k,v,o,gate,up,down per layer + LM head)          (fwd 2, bwd 4)
