@@ -134,6 +134,9 @@ class Tape {
   void watch(Tensor& t);
 
   void set_hooks(SavedTensorHooks* hooks) { hooks_ = hooks; }
+  SavedTensorHooks* hooks() const { return hooks_; }
+  /// Whether `t` is an activation recorded on this tape (it has a slot here).
+  bool owns(const Tensor& t) const;
   /// Called with each leaf (parameter) as soon as its gradient is final for this tape.
   ///
   /// Invariant (per backward pass): in backward() — and in backward_weights() for contributions that
@@ -159,7 +162,6 @@ class Tape {
   friend class BackwardCtx;
   friend class TapeGuard;
   int64_t new_slot();
-  bool owns(const Tensor& t) const;
   uint64_t id_;  ///< unique for the life of the process (a new tape never matches an old tensor)
   std::vector<TapeEntry> entries_;
   std::vector<Tensor> slot_grads_;

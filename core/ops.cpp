@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "core/cpu/kernels.h"
+#include "core/recompute.h"
 #if PTRAIN_HAVE_CUDA
 #include "core/cuda/ops_device.h"
 /// Ops with a CUDA kernel hand device tensors to core/cuda/ops_device.cpp after the checks.
@@ -364,7 +365,7 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin) {
 // P after the fp32 softmax (saved so; out = P·v reads it rounded), dS (scale folded in),
 // dk / dv once per q head of a group, out and dq once. f32 / f64: no intermediate rounding.
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
+static Tensor attention_op(const Tensor& q, const Tensor& k, const Tensor& v) {
   check_float_on(q, q.device(), "attention", "q");
   check_float_on(k, q.device(), "attention", "k");
   check_float_on(v, q.device(), "attention", "v");
@@ -439,7 +440,7 @@ Tensor unary(const Tensor& x, OpId op, Fwd fwd, Bwd bwd) {
 }
 }  // namespace
 
-Tensor silu(const Tensor& x) {
+static Tensor silu_op(const Tensor& x) {
   check_float_on(x, x.device(), "silu", "x");
   PT_DEVICE_OP(x, silu(x));
   return unary(
@@ -447,7 +448,7 @@ Tensor silu(const Tensor& x) {
       [](auto* dy, auto* a, auto* dx, int64_t n) { cpu::silu_backward(dy, a, dx, n); });
 }
 
-Tensor gelu(const Tensor& x) {
+static Tensor gelu_op(const Tensor& x) {
   check_float_on(x, x.device(), "gelu", "x");
   PT_DEVICE_OP(x, gelu(x));
   return unary(
@@ -455,7 +456,7 @@ Tensor gelu(const Tensor& x) {
       [](auto* dy, auto* a, auto* dx, int64_t n) { cpu::gelu_tanh_backward(dy, a, dx, n); });
 }
 
-Tensor swiglu(const Tensor& gate, const Tensor& up) {
+static Tensor swiglu_op(const Tensor& gate, const Tensor& up) {
   check_float_on(gate, gate.device(), "swiglu", "gate");
   check_float_on(up, gate.device(), "swiglu", "up");
   check_same_shape(gate, up, "swiglu");
@@ -483,6 +484,26 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
     });
   }
   return y;
+}
+
+// ------------------------------------------------------------------ recompute regions
+// The attention core and the activation functions are recompute regions (core/recompute.h):
+// under train.recompute: selective their internals (the probabilities; an activation's
+// output) are dropped in forward and rerun in backward. Elsewhere these are plain calls.
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) {
+  return recompute_region(RegionKind::attention_core, {q, k, v},
+                          [](const std::vector<Tensor>& in) { return attention_op(in[0], in[1], in[2]); });
+}
+Tensor silu(const Tensor& x) {
+  return recompute_region(RegionKind::activation, {x}, [](const std::vector<Tensor>& in) { return silu_op(in[0]); });
+}
+Tensor gelu(const Tensor& x) {
+  return recompute_region(RegionKind::activation, {x}, [](const std::vector<Tensor>& in) { return gelu_op(in[0]); });
+}
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  return recompute_region(RegionKind::activation, {gate, up},
+                          [](const std::vector<Tensor>& in) { return swiglu_op(in[0], in[1]); });
 }
 
 // ------------------------------------------------------------------ cross-entropy

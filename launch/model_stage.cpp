@@ -4,8 +4,13 @@
 namespace ptrain::launch {
 
 ModelStage::ModelStage(layers::CausalLM& model, std::vector<std::vector<int>> chunk_blocks, bool first, bool last,
-                       DType grad_dtype)
-    : model_(model), chunks_(std::move(chunk_blocks)), first_(first), last_(last), grad_dtype_(grad_dtype) {
+                       DType grad_dtype, RecomputeMode recompute)
+    : model_(model),
+      chunks_(std::move(chunk_blocks)),
+      first_(first),
+      last_(last),
+      grad_dtype_(grad_dtype),
+      recompute_(recompute) {
   PT_CHECK(!chunks_.empty(), "a pipeline stage needs at least one chunk");
 }
 
@@ -52,6 +57,10 @@ Tensor ModelStage::run_chunk(int chunk, const Tensor& input, const Tensor& ids, 
 Tensor ModelStage::forward(int chunk, int micro, const Tensor& input) {
   Pass p;
   p.tape = std::make_unique<Tape>(grad_dtype_);
+  if (recompute_ != RecomputeMode::none) {
+    p.hooks = std::make_unique<RecomputeHooks>(recompute_);
+    p.tape->set_hooks(p.hooks.get());
+  }
   TapeGuard guard(p.tape.get());
   if (!is_first(chunk)) {
     PT_CHECK(input.defined(), "chunk {} micro-batch {}: no input activation", chunk, micro);

@@ -5,7 +5,8 @@
 // the last global stage ends with the final norm, the LM head and the loss. One tape per
 // (chunk, micro-batch) lives from its forward to its backward (or to its deferred weight
 // gradients under zero-bubble), so the memory a schedule keeps is exactly its in-flight
-// micro-batches. The stage knows nothing of the schedule: the schedule calls it.
+// micro-batches. The stage knows nothing of the schedule: the schedule calls it. With a
+// recompute mode other than none each tape gets a RecomputeHooks policy (core/recompute.h).
 //
 // Invariants:
 //  * set_batch() is called before a step's schedule runs; micro-batch m is rows
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/recompute.h"
 #include "layers/model.h"
 #include "parallel/stage.h"
 
@@ -31,7 +33,7 @@ class ModelStage : public parallel::Stage {
   /// chunk_blocks[c]: the blocks of local chunk c; first/last: whether chunk 0 is global stage 0
   /// and whether chunk v-1 is the last global stage.
   ModelStage(layers::CausalLM& model, std::vector<std::vector<int>> chunk_blocks, bool first, bool last,
-             DType grad_dtype);
+             DType grad_dtype, RecomputeMode recompute = RecomputeMode::none);
 
   /// The step's tokens [local_batch, T] (i32), micro-batch size, loss weight and loss scale.
   void set_batch(Tensor inputs, Tensor targets, int64_t micro, double weight, double loss_scale);
@@ -53,6 +55,7 @@ class ModelStage : public parallel::Stage {
 
  private:
   struct Pass {
+    std::unique_ptr<RecomputeHooks> hooks;  ///< the tape's recompute policy (outlives the tape)
     std::unique_ptr<Tape> tape;
     Tensor input, output, loss;
   };
@@ -65,6 +68,7 @@ class ModelStage : public parallel::Stage {
   std::vector<std::vector<int>> chunks_;
   bool first_, last_;
   DType grad_dtype_;
+  RecomputeMode recompute_;
   Tensor inputs_, targets_;
   int64_t micro_ = 1, micro_batches_ = 1;
   double weight_ = 1, loss_scale_ = 1;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <span>
 #include <cmath>
@@ -38,6 +39,26 @@ std::atomic<int>& stop_signal() {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+/// Resident set of this process (/proc/self/statm), bytes; -1 where unreadable.
+int64_t host_resident_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return -1;
+  long long size = 0, resident = 0;
+  const int n = std::fscanf(f, "%lld %lld", &size, &resident);
+  std::fclose(f);
+  return n == 2 ? resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE)) : -1;
+}
+
+RecomputeMode recompute_mode(Recompute r) {
+  switch (r) {
+    case Recompute::none: return RecomputeMode::none;
+    case Recompute::selective: return RecomputeMode::selective;
+    case Recompute::full: return RecomputeMode::full;
+  }
+  PT_CHECK(false, "train.recompute {}", static_cast<int>(r));
+  return RecomputeMode::none;
+}
 
 std::string hms(double secs) {
   if (!std::isfinite(secs) || secs < 0) return "?";
@@ -160,8 +181,27 @@ Trainer::Trainer(Config cfg, RunOptions opt, std::unique_ptr<parallel::Communica
 }
 Trainer::~Trainer() = default;
 
+// Memory features the config accepts: each works, or refuses here, before anything is
+// allocated, naming what is missing (a key that silently does nothing is a defect).
+void Trainer::check_memory_features() const {
+  const auto& off = cfg_.train.offload;
+  PT_USER_CHECK(!off.activations || device_ == Device::cuda,
+                "train.offload.activations: true needs device: cuda (it moves saved activations from device memory to "
+                "pinned host memory; on device: cpu they are in host memory already). HINT: set "
+                "train.offload.activations: false; train.recompute: selective|full keeps fewer activations");
+  PT_USER_CHECK(!off.optimizer || device_ == Device::cuda,
+                "train.offload.optimizer: true needs device: cuda (it moves the master weights and Adam moments from "
+                "device memory to host memory; on device: cpu they are in host memory already). HINT: set "
+                "train.offload.optimizer: false");
+  PT_USER_CHECK(!off.activations,
+                "train.offload.activations: true is not implemented yet (the copy-stream offload of saved activations "
+                "is still to land). HINT: set train.offload.activations: false and use train.recompute: full, which "
+                "keeps only each block's input");
+}
+
 void Trainer::check_inputs() {
   device_ = resolve_device(cfg_.device, opt_.world_size);
+  check_memory_features();
 #if PTRAIN_HAVE_CUDA
   if (cfg_.device == DeviceChoice::automatic && device_ == Device::cpu && opt_.world_size > 1 && !cuda::emulated() &&
       cuda::device_count() > 0 && opt_.rank == 0 && !opt_.quiet)
@@ -264,6 +304,11 @@ void Trainer::setup() {
     inputs_failed_everywhere_ = true;
   }
   if (!failure.empty()) throw UserError(failure);
+  // mem_peak_bytes is this run's high-water mark (a process may run several trainers: tests)
+  reset_cpu_peak();
+#if PTRAIN_HAVE_CUDA
+  if (device_ == Device::cuda) cuda::device_allocator().reset_peak();
+#endif
   const std::string& dir = cfg_.checkpoint.dir;
   const int64_t T = cfg_.train.seq_len, G = cfg_.train.global_batch;
   const std::optional<int64_t> latest = latest_;
@@ -313,24 +358,46 @@ void Trainer::setup() {
   }
   zero_ = cfg_.optim.zero == 1 && g.dp > 1;
   const int tp_rank = c.tp, dp_rank = c.dp, dp_size = g.dp;
+  const bool offload = cfg_.train.offload.optimizer;  // device only (check_memory_features)
+  std::vector<Tensor> offload_weights, offload_grads;
   for (auto& np : model_->named_parameters()) {
     TrainParam p;
     p.name = np.name;
     p.param = np.param;
-    p.master = is_low_precision(spec_.dtype) ? Tensor::zeros(np.param->value.shape(), DType::f32, device_)
-                                             : np.param->value;
     p.grad = np.param->value.grad_buffer(cfg_.train.grad_dtype);
+    if (offload) {  // optim/offload.h: the master (and below, the moments) in host memory
+      offload_weights.push_back(np.param->value);
+      offload_grads.push_back(p.grad);
+    } else {
+      p.master = is_low_precision(spec_.dtype) ? Tensor::zeros(np.param->value.shape(), DType::f32, device_)
+                                               : np.param->value;
+      p.opt_grad = p.grad;
+    }
     const bool tp_unique = np.param->sharding.sharded() || tp_rank == 0;
     p.norm_owner = !np.param->tied_replica && tp_unique && dp_rank == 0;
     p.writer = !np.param->tied_replica && tp_unique && dp_rank == 0;
-    const int64_t n = p.master.numel();
+    const int64_t n = np.param->value.numel();
     p.zero_begin = zero_ ? n * dp_rank / dp_size : 0;
     p.zero_end = zero_ ? n * (dp_rank + 1) / dp_size : n;
     param_index_[np.param->value.id()] = params_.size();
     params_.push_back(std::move(p));
   }
+  if (offload) {
+    offload_ = std::make_unique<optim::HostOffload>(offload_weights, offload_grads);
+    for (size_t i = 0; i < params_.size(); ++i) {
+      params_[i].master = offload_->host_master(i);
+      params_[i].opt_grad = offload_->host_grad(i);
+    }
+  }
   stage_ = std::make_unique<ModelStage>(*model_, chunk_blocks_, grid_->first_stage(), grid_->last_stage(),
-                                        cfg_.train.grad_dtype);
+                                        cfg_.train.grad_dtype, recompute_mode(cfg_.train.recompute));
+  // Offload without data parallelism: each gradient goes down as soon as backward made it final
+  // (with dp > 1 the reduced gradient is final only after the reducer: grads_down() then).
+  if (offload_ && g.dp == 1 && grid_->embed().size() == 1)
+    stage_->set_grad_ready_hook([this](const Tensor& t) {
+      auto it = param_index_.find(t.id());
+      if (it != param_index_.end()) offload_->grad_ready(it->second);
+    });
   if (g.dp > 1) {
     std::vector<Tensor> grads;
     for (auto& p : params_) grads.push_back(p.grad);
@@ -348,13 +415,15 @@ void Trainer::setup() {
   for (auto& p : params_) {
     if (!zero_) {
       // the optimizer writes the forward's low-precision copy in the same pass as the update
-      refs.push_back({p.name, p.master, p.grad, std::nullopt, p.master.same(p.param->value) ? Tensor() : p.param->value});
+      // (offloaded: HostOffload::weights_up() uploads it instead)
+      const bool own_copy = !offload_ && !p.master.same(p.param->value);
+      refs.push_back({p.name, p.master, p.opt_grad, std::nullopt, own_copy ? p.param->value : Tensor()});
       continue;
     }
     // ZeRO-1: the optimizer sees only this DP rank's flat range (same decay rule as the whole)
     const bool decay = p.master.ndim() == 2;
     refs.push_back({p.name, p.master.view({-1}).rows(p.zero_begin, p.zero_end),
-                    p.grad.view({-1}).rows(p.zero_begin, p.zero_end), decay});
+                    p.opt_grad.view({-1}).rows(p.zero_begin, p.zero_end), decay});
   }
   optim::AdamWOptions ao;
   ao.beta1 = cfg_.optim.betas[0];
@@ -524,8 +593,10 @@ std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<T
         e.push_back({group, p.name, block, full, off, store, true});
       }
     };
-    // low precision: weights are resumed from the fp32 masters ("param" is written, not read)
-    add("param", low && !for_write ? p.param->value : host(p.param->value), spec_.dtype);
+    // low precision: weights are resumed from the fp32 masters ("param" is written, not read);
+    // fp32: "param" is read into the master (the weights themselves, or their host copy under
+    // optimizer offload), which resume_from then places in the weights
+    add("param", for_write ? host(p.param->value) : low ? p.param->value : host(p.master), spec_.dtype);
     if (low) add("master", host(p.master), DType::f32);
     add("exp_avg", m, DType::f32);
     add("exp_avg_sq", v, DType::f32);
@@ -623,7 +694,7 @@ void Trainer::sync_grads() {
 double Trainer::grad_norm(double loss_scale) {
   std::vector<optim::ParamRef> mine;
   for (auto& p : params_)
-    if (p.norm_owner) mine.push_back({p.name, p.master, p.grad});
+    if (p.norm_owner) mine.push_back({p.name, p.master, p.opt_grad});
   double ss = optim::grad_sum_squares(mine);
   if (opt_.world_size > 1) {
     // per-rank partial sums in world-rank order, summed in double
@@ -647,6 +718,10 @@ void Trainer::optimizer_step(double lr, double grad_scale) {
   {
     parallel::Timeline::Scope span(&timeline_, "optimizer", "optimizer");
     adam_->step(lr, grad_scale);  // also writes the low-precision weights (ParamRef::model)
+  }
+  if (offload_ && !zero_) {
+    parallel::Timeline::Scope span(&timeline_, "weights to device", "offload");
+    offload_->weights_up();
   }
   if (zero_) {
     parallel::Timeline::Scope span(&timeline_, "zero all-gather", "comm");
@@ -674,9 +749,8 @@ double Trainer::train_step(int64_t s) {
   std::vector<int32_t> in(static_cast<size_t>(local * T)), tg(static_cast<size_t>(local * T));
   sampler_->batch(s, in.data(), tg.data(), cfg_.model.vocab_size);
 
-  std::vector<optim::ParamRef> refs;
-  for (auto& p : params_) refs.push_back({p.name, p.master, p.grad});
-  optim::zero_grads(refs);
+  for (auto& p : params_) p.grad.zero_();
+  if (offload_) offload_->begin_step();
 
   const bool fp16 = spec_.dtype == DType::f16;
   const double loss_scale = fp16 ? scaler_.scale() : 1.0;
@@ -685,6 +759,10 @@ double Trainer::train_step(int64_t s) {
   if (reducer_) reducer_->begin_step();
   const auto stats = parallel::run_schedule(sched_, *stage_, grid_->pp(), &timeline_);
   sync_grads();
+  if (offload_) {
+    parallel::Timeline::Scope span(&timeline_, "gradients to host", "offload");
+    offload_->grads_down();
+  }
   // the loss: Σ over micro-batches on the last stage, one TP rank per DP replica, summed over DP
   double loss_sum = grid_->last_stage() && grid_->coord().tp == 0 ? stage_->loss_sum() : 0.0;
   if (opt_.world_size > 1) {
@@ -765,6 +843,7 @@ void Trainer::log_step(int64_t step, double loss, double secs, double val_loss, 
     reserved = static_cast<int64_t>(st.reserved);
   }
 #endif
+  const int64_t host_rss = host_resident_bytes();
   if (metrics_) {
     MetricsRow r;
     r.add("step", step).add("loss", loss).add("lr", last_lr_).add("grad_norm", last_grad_norm_);
@@ -777,6 +856,7 @@ void Trainer::log_step(int64_t step, double loss, double secs, double val_loss, 
       r.add_null("mfu");
     r.add("mem_allocated_bytes", mem.allocated).add("mem_peak_bytes", mem.peak);
     if (reserved >= 0) r.add("mem_reserved_bytes", reserved);
+    r.add("host_resident_bytes", host_rss);
     if (std::isfinite(val_loss)) r.add("val_loss", val_loss);
     if (spec_.dtype == DType::f16) r.add("loss_scale", scaler_.scale()).add("skipped", skipped);
     if (sched_.pp > 1) r.add("bubble", last_bubble_).add("bubble_theory", parallel::theoretical_bubble(sched_));
@@ -789,6 +869,11 @@ void Trainer::log_step(int64_t step, double loss, double secs, double val_loss, 
                                    step, std::to_string(cfg_.train.steps).size(), cfg_.train.steps, loss, last_lr_,
                                    last_grad_norm_, si(tps), hms(elapsed_), hms(avg * static_cast<double>(cfg_.train.steps - step)));
     if (std::isfinite(val_loss)) line += fmt::format(" | val loss {:.4f}", val_loss);
+    constexpr double GiB = 1024.0 * 1024.0 * 1024.0;
+    line += fmt::format(" | {} mem {:.2f}/{:.2f} GiB (peak {:.2f}), host {:.2f} GiB",
+                        device_ == Device::cuda ? "device" : "cpu", static_cast<double>(mem.allocated) / GiB,
+                        static_cast<double>(reserved >= 0 ? reserved : mem.allocated) / GiB,
+                        static_cast<double>(mem.peak) / GiB, static_cast<double>(host_rss) / GiB);
     if (sched_.pp > 1)
       line += fmt::format(" | bubble {:.3f} (theory {:.3f})", last_bubble_, parallel::theoretical_bubble(sched_));
     if (skipped) line += " | skipped (fp16 overflow)";

@@ -22,6 +22,7 @@
 #include "launch/model_stage.h"
 #include "layers/model.h"
 #include "optim/adamw.h"
+#include "optim/offload.h"
 #include "optim/loss_scaler.h"
 #include "optim/lr_schedule.h"
 #include "parallel/grad_reducer.h"
@@ -55,6 +56,7 @@ struct TrainParam {
   layers::Parameter* param;  ///< value: dtype = precision (bf16/fp16 emulated on CPU); this rank's slice
   Tensor master;             ///< fp32; the same tensor as param->value in fp32 runs
   Tensor grad;               ///< param->value's gradient buffer (train.grad_dtype)
+  Tensor opt_grad;           ///< the gradient the norm and the optimizer read: grad, or its host copy (offload)
   bool norm_owner = true;    ///< counted in the global gradient norm by this rank (each element once)
   bool writer = true;        ///< written to checkpoints by this rank (each element once)
   int64_t zero_begin = 0, zero_end = -1;  ///< ZeRO-1: this DP rank's flat range of the local tensor
@@ -132,11 +134,13 @@ class Trainer {
   int world_threads_ = 0;  ///< sum of every rank's thread count (0 until setup, single rank)
   double last_bubble_ = 0;
   void check_inputs();
+  void check_memory_features() const;
   std::optional<int64_t> latest_;  ///< the checkpoint --resume continues from
   layers::ModelSpec spec_;
   std::unique_ptr<layers::CausalLM> model_;
   std::vector<TrainParam> params_;
   std::unique_ptr<optim::AdamW> adam_;
+  std::unique_ptr<optim::HostOffload> offload_;  ///< train.offload.optimizer: master and moments on the host
   optim::LrSchedule schedule_;
   optim::LossScaler scaler_;
   std::shared_ptr<const data::TokenDataset> train_data_, val_data_;

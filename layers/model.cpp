@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/cpu/kernels.h"
+#include "core/recompute.h"
 #include "parallel/tp_ops.h"
 
 namespace ptrain::layers {
@@ -114,7 +115,11 @@ void CausalLM::add_block(ModuleList& list, int i, const BlockNames& names, const
 
 Tensor CausalLM::block(int i, const Tensor& h, const ForwardCtx& ctx) {
   PT_CHECK(i >= 0 && i < num_blocks() && has_block(i), "block {} is not built on this rank", i);
-  return blocks_[static_cast<size_t>(i)]->forward(h, ctx);
+  // A recompute region (core/recompute.h): under train.recompute: full only h is kept and the
+  // block's forward reruns inside its backward. ctx is copied: the caller's dies before backward.
+  DecoderBlock* blk = blocks_[static_cast<size_t>(i)];
+  return recompute_region(RegionKind::block, {h},
+                          [blk, ctx](const std::vector<Tensor>& in) { return blk->forward(in[0], ctx); });
 }
 
 Tensor CausalLM::loss_from_logits(const Tensor& logits, const Tensor& targets, double weight) const {

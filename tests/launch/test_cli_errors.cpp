@@ -526,6 +526,24 @@ TEST_F(CliErrors, UnknownMlp) {
   expect_untouched_run_dir("mlp");
 }
 
+// Memory features (issue 13): a value out of range is refused by the config; offload on the CPU
+// and the offloads not built yet refuse at start-up, before the run directory exists.
+TEST_F(CliErrors, RecomputeValueOutOfRange) {
+  expect_bad_input(train_with_sets("recompute_bad", {"train.recompute=partial"}),
+                   {"train.recompute", "partial", "selective", "full"});
+  expect_untouched_run_dir("recompute_bad");
+}
+
+TEST_F(CliErrors, OffloadOnTheCpuIsRefused) {
+  expect_bad_input(train_with_sets("offload_act_cpu", {"train.offload.activations=true"}),
+                   {"train.offload.activations", "device: cuda"});
+  expect_untouched_run_dir("offload_act_cpu");
+  expect_bad_input(train_with_sets("offload_opt_cpu", {"train.offload.optimizer=true"}),
+                   {"train.offload.optimizer", "device: cuda"});
+  expect_untouched_run_dir("offload_opt_cpu");
+  expect_bad_input(train_with_sets("offload_not_bool", {"train.offload.optimizer=maybe"}), {"train.offload.optimizer"});
+}
+
 TEST_F(CliErrors, SetWithoutEquals) {
   expect_bad_input(train_with_sets("set_noeq", {"model.hidden"}), {"--set", "model.hidden"});
 }

@@ -232,6 +232,26 @@ TEST_F(ParallelEquivalence, Gpt2LayoutsMatchOneRank) {
                 &reference, &run, &expect_match);
 }
 
+// train.recompute under TP (with sequence parallelism: the rerun repeats the all-gathers) and
+// PP (1f1b; zero-bubble splits weight gradients after the rerun): the same bits as the same
+// layout without recompute.
+TEST_F(ParallelEquivalence, RecomputeModesBitIdenticalUnderTpPp) {
+  const std::vector<std::string> llama = {"parallel.tp=2", "parallel.pp=2", "parallel.sequence_parallel=true",
+                                          "parallel.schedule=1f1b"};
+  auto with = [](std::vector<std::string> sets, const std::string& mode) {
+    sets.push_back("train.recompute=" + mode);
+    return sets;
+  };
+  const fs::path none = run("llama_tp2_pp2_sp_rc_none", "llama", 2, 4, with(llama, "none"));
+  for (const std::string mode : {"selective", "full"})
+    expect_match(none, run("llama_tp2_pp2_sp_rc_" + mode, "llama", 2, 4, with(llama, mode)),
+                 "llama tp2 pp2 sp recompute " + mode, 1, 0.0);
+  const std::vector<std::string> gpt2 = {"parallel.tp=2", "parallel.pp=2", "parallel.schedule=zero-bubble"};
+  expect_match(run("gpt2_tp2_pp2_zb_rc_none", "gpt2", 4, 4, with(gpt2, "none")),
+               run("gpt2_tp2_pp2_zb_rc_full", "gpt2", 4, 4, with(gpt2, "full")), "gpt2 tp2 pp2 zero-bubble full", 1,
+               0.0);
+}
+
 TEST_F(ParallelEquivalence, CheckpointReshardsAcrossLayouts) {
   const fs::path ref = reference("llama", 2);
   // save under tp2 x pp2 (steps 10 and 20), then resume step 10 under pp4 and under one rank
