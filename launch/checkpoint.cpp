@@ -121,6 +121,18 @@ void write_rank_file(const std::string& dir, int64_t step, int rank, const std::
     std::map<std::string, int> pieces;  // several slabs of one tensor (fused q,k,v under TP): name, name@1, ...
     for (const auto& e : entries) {
       if (!e.write) continue;
+      if (e.flat_offset >= 0) {  // a ZeRO-1 shard: a flat range of the full tensor
+        PT_CHECK(e.tensor.ndim() == 1 && e.flat_offset + e.tensor.numel() <= shape_numel(e.full_shape),
+                 "checkpoint entry {}/{}: flat range [{}, +{}) outside {}", e.group, e.name, e.flat_offset,
+                 e.tensor.numel(), shape_str(e.full_shape));
+        std::string name = e.group + "/" + e.name;
+        const int k = pieces[name]++;
+        if (k > 0) name.append(1, '@').append(std::to_string(k));
+        h5::write(f, name, e.tensor, e.store);
+        h5::write_attr(f, name, "full_shape", std::vector<int64_t>(e.full_shape.begin(), e.full_shape.end()));
+        h5::write_attr(f, name, "flat_offset", e.flat_offset);
+        continue;
+      }
       const Shape off = e.offset.empty() ? zeros_like_shape(e.full_shape) : e.offset;
       Tensor block = e.tensor;
       // Vocabulary padding: rows beyond the full shape are not part of the checkpoint.

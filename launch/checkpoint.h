@@ -31,6 +31,9 @@ struct CkptEntry {
   Shape offset;        ///< where the block starts in the full tensor (empty = all zeros)
   DType store = DType::f32;  ///< stored dtype (f32 | bf16 | f16)
   bool write = true;   ///< false for replicas another rank writes
+  /// >= 0 (write only): `tensor` is 1-D, the elements [flat_offset, flat_offset + numel) of the
+  /// row-major full tensor (a ZeRO-1 shard; `offset` unused).
+  int64_t flat_offset = -1;
 };
 
 std::string step_dir_name(int64_t step);

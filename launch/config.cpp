@@ -547,7 +547,9 @@ std::vector<Field> build_fields() {
       KEY(train.grad_dtype, choice(kGradDtypes),
           "Dtype gradients are held and reduced in: fp32, or bf16 where fp32 gradients do not fit."),
       KEY(train.recompute, choice(kRecomputes),
-          "Activation recomputation: none, selective (attention core) or full (whole block; least memory)."),
+          "Activation recomputation (bit-identical results): none; selective (the attention probabilities and the "
+          "activation functions' outputs are rerun in backward); full (each block keeps only its input and reruns "
+          "its forward in backward; least memory, about a third more compute)."),
       KEY(train.init_from, opt(text("a path to a weights file")),
           "HDF5 weights file (Hugging Face names and shapes, as written by ptrain export) to start from; "
           "null = random init."),
@@ -559,9 +561,12 @@ std::vector<Field> build_fields() {
       KEY(train.threads, nonneg_int(), "CPU threads per rank; 0 = auto (cores / ranks on this node)."),
       KEY(train.tf32, BoolCodec{}, "Allow TF32 tensor cores for fp32 GEMMs on the GPU."),
       KEY(train.offload.activations, BoolCodec{},
-          "Offload saved activations to pinned host memory, prefetched one layer ahead."),
+          "device: cuda: offload saved activations to pinned host memory, prefetched one layer ahead. Not "
+          "implemented yet: true is refused at start-up."),
       KEY(train.offload.optimizer, BoolCodec{},
-          "Keep fp32 master weights and Adam moments in host memory, updated by a multithreaded CPU AdamW."),
+          "device: cuda: keep the fp32 master weights and Adam moments in host memory, updated by the "
+          "multithreaded CPU AdamW (bit-identical to the device optimizer); gradients go down as backward makes "
+          "them final. Refused on device: cpu."),
       // ---- optim
       KEY(optim.name, choice(kOptimizers), "Optimizer: adamw (PyTorch semantics, decoupled weight decay)."),
       KEY(optim.lr, number(Bound::positive), "Peak learning rate, reached at the end of warmup."),

@@ -520,6 +520,19 @@ void Trainer::init_weights() {
     if (!p.master.same(p.param->value)) p.param->value.copy_from(p.master);
 }
 
+// Where this DP rank's ZeRO-1 range of parameter p starts in the row-major full tensor, or -1
+// when it is not one contiguous range there (no ZeRO, or a parameter split along a dimension
+// other than rows, or in several pieces): those are gathered for the checkpoint instead.
+int64_t Trainer::zero_shard_in_full(const TrainParam& p, const Shape& full) const {
+  if (!zero_) return -1;
+  const auto& sh = p.param->sharding;
+  const auto pieces = p.param->pieces();
+  if (sh.sharded() && (sh.dim != 0 || pieces.size() != 1)) return -1;
+  const int64_t row = full.size() >= 2 ? shape_numel(full) / full[0] : 1;
+  const int64_t first_row = sh.sharded() ? pieces.at(0).full_begin : 0;
+  return first_row * row + p.zero_begin;
+}
+
 std::pair<Tensor, Tensor> Trainer::full_moments(size_t i) {
   auto& p = params_[i];
   Tensor m = adam_->exp_avg(i), v = adam_->exp_avg_sq(i);
@@ -564,6 +577,34 @@ std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<T
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i];
     Tensor m, v;
+    Shape full = p.param->full_shape;
+    if (auto it = vocab_rows.find(p.param); it != vocab_rows.end()) full[0] = it->second;
+    if (for_write && zero_shard_in_full(p, full) >= 0) {
+      // ZeRO-1: each DP rank writes its own range of the moments (no gather to any rank); the
+      // masters and weights (replicated after the step's all-gather) come from the writer
+      const bool tp_unique = p.param->sharding.sharded() || grid_->coord().tp == 0;
+      if (!p.param->tied_replica && tp_unique) {
+        const int64_t base = zero_shard_in_full(p, full), stored = shape_numel(full);
+        const int64_t n = std::max<int64_t>(0, std::min(p.zero_end - p.zero_begin, stored - base));
+        if (n > 0) {
+          e.push_back({"exp_avg", p.name, host(adam_->exp_avg(i)).view({-1}).rows(0, n), full, {}, DType::f32, true,
+                       base});
+          e.push_back({"exp_avg_sq", p.name, host(adam_->exp_avg_sq(i)).view({-1}).rows(0, n), full, {}, DType::f32,
+                       true, base});
+        }
+      }
+      if (!p.writer) continue;
+      moments.push_back(Tensor());
+      moments.push_back(Tensor());
+      auto add_weights = [&](const std::string& group, const Tensor& t, DType store) {
+        Shape off(full.size(), 0);
+        if (p.param->sharding.sharded()) off[0] = p.param->pieces().at(0).full_begin;
+        e.push_back({group, p.name, t, full, off, store, true});
+      };
+      add_weights("param", host(p.param->value), spec_.dtype);
+      if (low) add_weights("master", host(p.master), DType::f32);
+      continue;
+    }
     if (for_write) {
       std::tie(m, v) = full_moments(i);  // a collective over DP under ZeRO-1: every rank calls it
       if (!p.writer) continue;
@@ -573,8 +614,6 @@ std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<T
       m = Tensor::zeros(p.master.shape());
       v = Tensor::zeros(p.master.shape());
     }
-    Shape full = p.param->full_shape;
-    if (auto it = vocab_rows.find(p.param); it != vocab_rows.end()) full[0] = it->second;
     moments.push_back(m);
     moments.push_back(v);
     auto add = [&](const std::string& group, const Tensor& t, DType store) {

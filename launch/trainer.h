@@ -113,6 +113,7 @@ class Trainer {
   /// AdamW at `lr` reading grad * grad_scale; ZeRO-1 then all-gathers the masters.
   void optimizer_step(double lr, double grad_scale);
   /// Full local moments of parameter i (ZeRO-1: gathered over DP; else the optimizer's own).
+  int64_t zero_shard_in_full(const TrainParam& p, const Shape& full) const;
   std::pair<Tensor, Tensor> full_moments(size_t i);
   bool zero() const { return zero_; }
 

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/h5io.h"
 #include "data/prepare.h"
 #include "launch/config.h"
 #include "launch/trainer.h"
@@ -264,6 +265,41 @@ TEST_F(ParallelEquivalence, CheckpointReshardsAcrossLayouts) {
   expect_match(ref, pp4, "resumed under pp4", 11);
   expect_match(ref, one, "resumed under one rank", 11);
   expect_match(ref, z, "resumed under dp2 ZeRO-1", 11);
+}
+
+// ZeRO-1 checkpoints: every DP rank writes its own range of the moments (flat_offset datasets,
+// nothing gathered to one rank); a resume in the same layout continues bit for bit, and the
+// shards load into other layouts (one rank, tp2 x pp2).
+TEST_F(ParallelEquivalence, ZeroCheckpointsWriteEachRanksShard) {
+  const fs::path ref = reference("llama", 2);
+  const std::vector<std::string> zero = {"parallel.pp=2", "parallel.dp=2", "optim.zero=1"};
+  const fs::path saved = run("ck_dp2_pp2_zero1", "llama", 2, 4, zero);
+  expect_match(ref, saved, "dp2 pp2 ZeRO-1", 1, 1e-5);
+  if (world_rank() == 0) {
+    int files_with_moments = 0;
+    for (int r = 0; r < 4; ++r) {
+      h5::File f = h5::File::open((saved / "step_00000010" / fmt::format("rank_{:05d}.h5", r)).string());
+      int moments = 0;
+      for (const std::string group : {"exp_avg", "exp_avg_sq"}) {
+        if (!h5::has(f, group)) continue;
+        for (const auto& name : h5::list_datasets(f, group)) {
+          ++moments;
+          EXPECT_TRUE(h5::has_attr(f, name, "flat_offset")) << "rank " << r << " " << name;
+        }
+      }
+      files_with_moments += moments > 0;
+    }
+    EXPECT_EQ(files_with_moments, 4) << "every DP rank of every stage writes its own shard of the moments";
+    fs::remove_all(saved / "step_00000020");
+  }
+  world_->barrier();
+  const fs::path again = run("ck_dp2_pp2_zero1_resumed", "llama", 2, 4, zero, true, "ck_dp2_pp2_zero1");
+  expect_match(saved, again, "resumed under the same ZeRO-1 layout", 11, 0.0);
+  const fs::path one = run("ck_zero_resume_1", "llama", 2, 1, {}, true, "ck_dp2_pp2_zero1");
+  expect_match(ref, one, "ZeRO-1 shards resumed under one rank", 11);
+  const fs::path tp = run("ck_zero_resume_tp2_pp2", "llama", 2, 4, {"parallel.tp=2", "parallel.pp=2"}, true,
+                          "ck_dp2_pp2_zero1");
+  expect_match(ref, tp, "ZeRO-1 shards resumed under tp2 x pp2", 11);
 }
 
 }  // namespace
