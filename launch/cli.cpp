@@ -1,4 +1,4 @@
-// launch/cli.cpp — subcommands: train (default), prepare, export, info; --list-layers, --help-config.
+// launch/cli.cpp — subcommands: train (default), plan, prepare, export, info; --list-layers, --help-config.
 #include "launch/cli.h"
 
 #include "launch/mpi_session.h"
@@ -21,6 +21,7 @@
 #include "data/tokenizer.h"
 #include "launch/checkpoint.h"
 #include "launch/config.h"
+#include "launch/memory_plan.h"
 #include "launch/trainer.h"
 #include "launch/weights_io.h"
 #include "layers/registry.h"
@@ -34,6 +35,7 @@ namespace {
 constexpr const char* kUsage =
     "usage:\n"
     "  ptrain --cfg FILE.yaml [--set key.path=value]... [--resume]   train\n"
+    "  ptrain plan --cfg FILE.yaml [--set k=v]... --gpu NAME --np N [--host-mem GiB] [--json]   memory per rank, fits?\n"
     "  ptrain prepare --input FILE... --out FILE.h5 [--tokenizer byte]  text/JSON -> HDF5 tokens\n"
     "  ptrain export --run DIR [--step N] --out FILE.h5 [--dtype fp32|bf16]  checkpoint -> HF-named weights\n"
     "  ptrain info                                                    CPU threads and BLAS, as JSON\n"
@@ -138,6 +140,42 @@ int cmd_train(int argc, char** argv) {
   }
 }
 
+/// `ptrain plan`: the model of memory (launch/memory_plan.h) of a config on --np GPUs of one
+/// kind and one host; no MPI, no allocation. Exit 0 with the verdict (fits or not), 2 for bad input.
+int cmd_plan(int argc, char** argv) {
+  po::options_description desc("ptrain plan");
+  std::string cfg_path, gpu_name;
+  std::vector<std::string> sets;
+  int np = 0;
+  double host_gib = 0;
+  desc.add_options()("cfg", po::value(&cfg_path), "YAML config file")(
+      "set", po::value(&sets)->composing(), "override a key: --set train.recompute=full")(
+      "gpu", po::value(&gpu_name), "GPU of every rank")("np", po::value(&np), "ranks (GPUs)")(
+      "host-mem", po::value(&host_gib), "host memory in GiB (default: this machine's MemTotal)")(
+      "json", "print one JSON object");
+  po::variables_map vm;
+  po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+  po::notify(vm);
+  PT_USER_CHECK(!cfg_path.empty(), "plan: missing --cfg FILE.yaml\n{}", kUsage);
+  PT_USER_CHECK(!gpu_name.empty(), "plan: missing --gpu NAME (known: {})", known_gpu_names());
+  PT_USER_CHECK(vm.count("np") && np >= 1, "plan: --np N (the number of ranks, >= 1) is required");
+  const GpuSpec* gpu = find_gpu(gpu_name);
+  PT_USER_CHECK(gpu, "plan: --gpu {} is not a GPU the model of memory knows (known: {})", gpu_name, known_gpu_names());
+  PT_USER_CHECK(!vm.count("host-mem") || host_gib > 0, "plan: --host-mem {} must be a positive number of GiB",
+                host_gib);
+  Config cfg = load_config(cfg_path, sets);
+  validate(cfg, validation_context(np));
+  const int64_t host = vm.count("host-mem") ? static_cast<int64_t>(host_gib * 1024.0 * 1024.0 * 1024.0)
+                                            : host_memory_bytes();
+  const MemoryPlan plan = plan_memory(cfg, np, *gpu, host);
+  const std::vector<PlanChange> advice = plan_advice(cfg, np, *gpu, host, plan);
+  if (vm.count("json"))
+    std::cout << plan_to_json(plan, advice).dump() << "\n";
+  else
+    std::cout << fmt::format("config: {}\n", cfg_path) << format_plan(plan, advice);
+  return 0;
+}
+
 int cmd_prepare(int argc, char** argv) {
   po::options_description desc("ptrain prepare");
   data::PrepareOptions o;
@@ -202,6 +240,7 @@ int cmd_export(int argc, char** argv) {
 int main_entry(int argc, char** argv) {
   try {
     const std::string sub = argc > 1 ? argv[1] : "";
+    if (sub == "plan") return cmd_plan(argc - 1, argv + 1);
     if (sub == "prepare") return cmd_prepare(argc - 1, argv + 1);
     if (sub == "export") return cmd_export(argc - 1, argv + 1);
     if (sub == "info") {

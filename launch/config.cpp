@@ -59,6 +59,8 @@ constexpr Named<Recompute> kRecomputes[] = {
     {Recompute::none, "none"}, {Recompute::selective, "selective"}, {Recompute::full, "full"}};
 constexpr Named<LrSchedule> kLrSchedules[] = {{LrSchedule::cosine, "cosine"}, {LrSchedule::constant, "constant"}};
 constexpr Named<Optimizer> kOptimizers[] = {{Optimizer::adamw, "adamw"}};
+constexpr Named<OptimState> kOptimStates[] = {
+    {OptimState::fp32, "fp32"}, {OptimState::bf16_sr, "bf16-sr"}, {OptimState::int8, "8bit"}};
 constexpr Named<DeviceChoice> kDevices[] = {
     {DeviceChoice::automatic, "auto"}, {DeviceChoice::cpu, "cpu"}, {DeviceChoice::cuda, "cuda"}};
 constexpr Named<DType> kPrecisions[] = {{DType::f32, "fp32"}, {DType::bf16, "bf16"}, {DType::f16, "fp16"}};
@@ -579,6 +581,11 @@ std::vector<Field> build_fields() {
       KEY(optim.grad_clip, number(Bound::non_negative), "Clip the global gradient norm to this; 0 = off."),
       KEY(optim.zero, IntCodec{Bound::zero_one},
           "1 = shard the optimizer state over the data-parallel ranks (ZeRO-1); a no-op with dp = 1."),
+      KEY(optim.state, choice(kOptimStates),
+          "Optimizer state per parameter: fp32 (fp32 master + two fp32 moments, 12 B beyond the weights), bf16-sr "
+          "(the weights are the master, on the bf16 grid, updated with stochastic rounding from a counter-based RNG; "
+          "fp32 moments: 8 B), 8bit (bf16-sr master and block-wise 8-bit moments, blocks of 2048 with an fp32 "
+          "absmax each: about 2 B). Not with precision fp16; on device: cuda only with train.offload.optimizer."),
       KEY(optim.loss_scale.initial, number(Bound::positive), "Initial dynamic loss scale (fp16 only)."),
       KEY(optim.loss_scale.growth_interval, pos_int(),
           "Steps without overflow after which the fp16 loss scale doubles."),
@@ -890,6 +897,7 @@ std::string_view to_string(PipeSchedule v) { return name_in(kPipeSchedules, v); 
 std::string_view to_string(Recompute v) { return name_in(kRecomputes, v); }
 std::string_view to_string(LrSchedule v) { return name_in(kLrSchedules, v); }
 std::string_view to_string(Optimizer v) { return name_in(kOptimizers, v); }
+std::string_view to_string(OptimState v) { return name_in(kOptimStates, v); }
 std::string_view to_string(DeviceChoice v) { return name_in(kDevices, v); }
 
 int ModelConfig::head_dim() const {
@@ -1063,6 +1071,10 @@ void validate(const Config& c, const ValidationContext& ctx) {
                      micro_batches, p.pp));
 
   // Optimizer and schedule.
+  if (o.state != OptimState::fp32 && t.precision == DType::f16)
+    fail(fmt::format("optim.state: {} keeps the master on the bf16 grid, which fp16 weights cannot hold; HINT: use "
+                     "train.precision: bf16 (or fp32), or optim.state: fp32",
+                     to_string(o.state)));
   if (o.warmup_steps > t.steps)
     fail(fmt::format("optim.warmup_steps: {} exceeds train.steps = {}", o.warmup_steps, t.steps));
   if (o.min_lr > o.lr)

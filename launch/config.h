@@ -39,6 +39,9 @@ enum class Recompute : uint8_t { none, selective, full };
 enum class LrSchedule : uint8_t { cosine, constant };
 /// optim.name: adamw.
 enum class Optimizer : uint8_t { adamw };
+/// optim.state: fp32 (fp32 master and moments) | bf16-sr (the master on the bf16 grid, updated
+/// with stochastic rounding; fp32 moments) | 8bit (bf16-sr master, block-wise 8-bit moments).
+enum class OptimState : uint8_t { fp32, bf16_sr, int8 };
 /// device: auto (a real GPU when the build and the machine have one, else the CPU) | cpu | cuda.
 enum class DeviceChoice : uint8_t { automatic, cpu, cuda };
 
@@ -47,6 +50,7 @@ std::string_view to_string(PipeSchedule v);
 std::string_view to_string(Recompute v);
 std::string_view to_string(LrSchedule v);
 std::string_view to_string(Optimizer v);
+std::string_view to_string(OptimState v);
 std::string_view to_string(DeviceChoice v);
 // train.precision / train.grad_dtype are DTypes, spelled as dtype_name() does ("fp32", "bf16", "fp16").
 
@@ -141,6 +145,7 @@ struct OptimConfig {
   double grad_clip = 1.0;                    ///< max global grad norm; 0 = off
   int zero = 0;                              ///< 1 = shard optimizer state over DP (ZeRO-1)
   LossScaleConfig loss_scale;
+  OptimState state = OptimState::fp32;       ///< how master weights and moments are stored
 
   bool operator==(const OptimConfig&) const = default;
 };

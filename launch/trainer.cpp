@@ -193,6 +193,11 @@ void Trainer::check_memory_features() const {
                 "train.offload.optimizer: true needs device: cuda (it moves the master weights and Adam moments from "
                 "device memory to host memory; on device: cpu they are in host memory already). HINT: set "
                 "train.offload.optimizer: false");
+  PT_USER_CHECK(device_ == Device::cpu || cfg_.optim.state == OptimState::fp32 || off.optimizer,
+                "optim.state: {} on device: cuda needs train.offload.optimizer: true (a compact state is updated by "
+                "the CPU AdamW in host memory; the device kernels take fp32 state only). HINT: set "
+                "train.offload.optimizer: true, or optim.state: fp32",
+                to_string(cfg_.optim.state));
   PT_USER_CHECK(!off.activations,
                 "train.offload.activations: true is not implemented yet (the copy-stream offload of saved activations "
                 "is still to land). HINT: set train.offload.activations: false and use train.recompute: full, which "
@@ -369,8 +374,9 @@ void Trainer::setup() {
       offload_weights.push_back(np.param->value);
       offload_grads.push_back(p.grad);
     } else {
-      p.master = is_low_precision(spec_.dtype) ? Tensor::zeros(np.param->value.shape(), DType::f32, device_)
-                                               : np.param->value;
+      // fp32 weights, or a compact state (optim.state: the bf16 weights are the master): no copy
+      const bool own_master = is_low_precision(spec_.dtype) && cfg_.optim.state == OptimState::fp32;
+      p.master = own_master ? Tensor::zeros(np.param->value.shape(), DType::f32, device_) : np.param->value;
       p.opt_grad = p.grad;
     }
     const bool tp_unique = np.param->sharding.sharded() || tp_rank == 0;
@@ -383,7 +389,9 @@ void Trainer::setup() {
     params_.push_back(std::move(p));
   }
   if (offload) {
-    offload_ = std::make_unique<optim::HostOffload>(offload_weights, offload_grads);
+    // the host master: f32, or bf16 values under a compact state
+    offload_ = std::make_unique<optim::HostOffload>(offload_weights, offload_grads,
+                                                    cfg_.optim.state == OptimState::fp32 ? DType::f32 : DType::bf16);
     for (size_t i = 0; i < params_.size(); ++i) {
       params_[i].master = offload_->host_master(i);
       params_[i].opt_grad = offload_->host_grad(i);
@@ -430,6 +438,10 @@ void Trainer::setup() {
   ao.beta2 = cfg_.optim.betas[1];
   ao.eps = cfg_.optim.eps;
   ao.weight_decay = cfg_.optim.weight_decay;
+  ao.state = cfg_.optim.state == OptimState::fp32      ? optim::StateFormat::fp32
+             : cfg_.optim.state == OptimState::bf16_sr ? optim::StateFormat::bf16_sr
+                                                        : optim::StateFormat::int8;
+  ao.seed = cfg_.train.seed;
   adam_ = std::make_unique<optim::AdamW>(ao, refs);
   schedule_.lr = cfg_.optim.lr;
   schedule_.min_lr = cfg_.optim.min_lr;

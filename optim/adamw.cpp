@@ -16,6 +16,7 @@
 #include <set>
 
 #include "core/cpu/fast_math.h"
+#include "core/rng.h"
 #include "optim/chunks.h"
 
 namespace ptrain::optim {
@@ -61,6 +62,25 @@ void adamw_chunk(float* __restrict p, const float* __restrict g, float* __restri
 }
 
 constexpr int64_t kStepChunk = 16384;
+static_assert(kStepChunk % kQuantBlock == 0, "a step chunk covers whole quantisation blocks");
+
+Scalars scalars(const AdamWOptions& o, double lr, int64_t step) {
+  const double t = static_cast<double>(step);
+  const double bias_correction1 = 1.0 - std::pow(o.beta1, t);
+  const double bias_correction2 = 1.0 - std::pow(o.beta2, t);
+  const double step_size = lr / bias_correction1;
+  Scalars s;
+  s.decay = static_cast<float>(1.0 - lr * o.weight_decay);
+  s.w1 = static_cast<float>(1.0 - o.beta1);
+  s.w1_m1 = s.w1 - 1.0f;
+  s.w1_small = std::abs(s.w1) < 0.5f;
+  s.b2 = static_cast<float>(o.beta2);
+  s.c2 = static_cast<float>(1.0 - o.beta2);
+  s.bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  s.eps = static_cast<float>(o.eps);
+  s.neg_step = static_cast<float>(-step_size);
+  return s;
+}
 
 }  // namespace
 
@@ -71,6 +91,14 @@ AdamW::AdamW(AdamWOptions options, std::vector<ParamRef> params) : opt_(options)
   PT_USER_CHECK(opt_.weight_decay >= 0 && std::isfinite(opt_.weight_decay),
                 "optim.weight_decay = {} must be a finite number >= 0", opt_.weight_decay);
   device_ = check_param_refs(params_);
+  PT_USER_CHECK(device_ == Device::cpu || opt_.state == StateFormat::fp32,
+                "optim.state: a compact state (bf16-sr, 8bit) is updated by the CPU AdamW; the device kernels take "
+                "fp32 state only. HINT: set train.offload.optimizer: true (the state then lives in host memory), or "
+                "optim.state: fp32");
+  for (const ParamRef& p : params_)
+    PT_CHECK(opt_.state != StateFormat::fp32 || p.param.dtype() == DType::f32,
+             "parameter '{}': an fp32 optimizer state needs f32 master weights, got {}", p.name,
+             dtype_name(p.param.dtype()));
   if (device_ == Device::cuda) table_ = std::make_unique<detail::DeviceTable>();
   std::set<const TensorImpl*> seen;
   for (const ParamRef& p : params_)
@@ -79,21 +107,65 @@ AdamW::AdamW(AdamWOptions options, std::vector<ParamRef> params) : opt_(options)
   for (size_t i = 0; i < params_.size(); ++i) decay_[i] = params_[i].decay.value_or(params_[i].param.ndim() == 2);
   m_.resize(params_.size());
   v_.resize(params_.size());
+  quantized_.resize(params_.size());
+  qm_.resize(params_.size());
+  qv_.resize(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    quantized_[i] = opt_.state == StateFormat::int8 && params_[i].param.numel() >= kQuantMinElements;
+    name_hash_.push_back(stable_hash(params_[i].name));
+  }
+}
+
+int64_t AdamW::state_bytes(size_t i) const {
+  const int64_t n = params_.at(i).param.numel();
+  const int64_t master = opt_.state == StateFormat::fp32 && params_[i].model.defined() ? 4 * n : 0;
+  if (quantized_[i]) return master + static_cast<int64_t>(qm_[i].bytes() + qv_[i].bytes());
+  return master + 8 * n;
 }
 
 void AdamW::ensure_state(size_t i) {
   PT_CHECK(i < params_.size(), "optimizer state index {} out of range ({} parameters)", i, params_.size());
+  if (quantized_[i]) {
+    if (qm_[i].numel() != params_[i].param.numel()) {
+      qm_[i].resize(params_[i].param.numel());
+      qv_[i].resize(params_[i].param.numel());
+    }
+    return;
+  }
   if (!m_[i].defined()) m_[i] = Tensor::zeros(params_[i].param.shape(), DType::f32, device_);
   if (!v_[i].defined()) v_[i] = Tensor::zeros(params_[i].param.shape(), DType::f32, device_);
 }
 
+namespace {
+Tensor decoded(const Quantized& q, const QuantMap& map, const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::f32);
+  float* out = t.data<float>();
+  const int64_t blocks = (q.numel() + kQuantBlock - 1) / kQuantBlock;
+  for (int64_t b = 0; b < blocks; ++b) q.decode_block(map, b, out + b * kQuantBlock);
+  return t;
+}
+void encode_all(Quantized& q, const QuantMap& map, const Tensor& src) {
+  Tensor f = src.dtype() == DType::f32 ? src : src.to(DType::f32);
+  const float* in = f.data<float>();
+  const int64_t blocks = (q.numel() + kQuantBlock - 1) / kQuantBlock;
+  for (int64_t b = 0; b < blocks; ++b) q.encode_block(map, b, in + b * kQuantBlock);
+}
+}  // namespace
+
 Tensor AdamW::exp_avg(size_t i) {
   ensure_state(i);
+  if (quantized_[i]) return decoded(qm_[i], signed_map(), params_[i].param.shape());
   return m_[i];
 }
 
 Tensor AdamW::exp_avg_sq(size_t i) {
   ensure_state(i);
+  if (quantized_[i]) {  // stored as sqrt(v): squared back (sqrt(x*x) == x exactly, so set_state round-trips)
+    Tensor t = decoded(qv_[i], unsigned_map(), params_[i].param.shape());
+    float* d = t.data<float>();
+    for (int64_t k = 0; k < t.numel(); ++k) d[k] = d[k] * d[k];
+    return t;
+  }
   return v_[i];
 }
 
@@ -105,6 +177,17 @@ void AdamW::set_state(size_t i, Tensor m, Tensor v) {
              "optimizer state of '{}' must be a defined float tensor", p.name);
     PT_CHECK(t->shape() == p.param.shape(), "optimizer state of '{}' has shape {}, the parameter {}", p.name,
              shape_str(t->shape()), shape_str(p.param.shape()));
+  }
+  if (quantized_[i]) {
+    ensure_state(i);
+    PT_CHECK(m.device() == Device::cpu && v.device() == Device::cpu, "optimizer state of '{}': CPU tensors expected",
+             p.name);
+    encode_all(qm_[i], signed_map(), m);
+    Tensor r = v.dtype() == DType::f32 ? v.clone() : v.to(DType::f32);
+    float* d = r.data<float>();
+    for (int64_t k = 0; k < r.numel(); ++k) d[k] = std::sqrt(d[k]);
+    encode_all(qv_[i], unsigned_map(), r);
+    return;
   }
   if (device_ == Device::cuda) {
     ensure_state(i);  // the table keeps pointing at the same device tensors
@@ -133,20 +216,8 @@ void AdamW::step(double lr, double grad_scale) {
     table_->adamw(params_, m_, v_, decay_, lr, opt_.beta1, opt_.beta2, opt_.eps, opt_.weight_decay, step_, grad_scale);
     return;
   }
-  const double t = static_cast<double>(step_);
-  const double bias_correction1 = 1.0 - std::pow(opt_.beta1, t);
-  const double bias_correction2 = 1.0 - std::pow(opt_.beta2, t);
-  const double step_size = lr / bias_correction1;
-  Scalars s;
-  s.decay = static_cast<float>(1.0 - lr * opt_.weight_decay);
-  s.w1 = static_cast<float>(1.0 - opt_.beta1);
-  s.w1_m1 = s.w1 - 1.0f;
-  s.w1_small = std::abs(s.w1) < 0.5f;
-  s.b2 = static_cast<float>(opt_.beta2);
-  s.c2 = static_cast<float>(1.0 - opt_.beta2);
-  s.bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-  s.eps = static_cast<float>(opt_.eps);
-  s.neg_step = static_cast<float>(-step_size);
+  if (opt_.state != StateFormat::fp32) return step_compact(lr, grad_scale);
+  const Scalars s = scalars(opt_, lr, step_);
 
   int64_t total = 0;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -172,6 +243,62 @@ void AdamW::step(double lr, double grad_scale) {
       float* w = md.data<float>() + c.begin;
       std::copy_n(p, c.end - c.begin, w);
       round_to_dtype(w, c.end - c.begin, md.dtype());
+    }
+  }
+}
+
+// The compact states: the same f32 update per element (adamw_chunk, on a block's decoded
+// copy), then the master stochastically rounded to bf16 and the moments stored back (8-bit:
+// re-quantised per block). Blocks of kQuantBlock inside fixed chunks: thread-count independent.
+void AdamW::step_compact(double lr, double grad_scale) {
+  const Scalars s = scalars(opt_, lr, step_);
+  int64_t total = 0;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    ensure_state(i);
+    total += params_[i].param.numel();
+  }
+  const std::vector<detail::Chunk> chunks = detail::make_chunks(params_, kStepChunk);
+  const int64_t nc = static_cast<int64_t>(chunks.size());
+  const float gs = static_cast<float>(grad_scale);
+#pragma omp parallel for schedule(static) if (total > detail::kParallelMin)
+  for (int64_t k = 0; k < nc; ++k) {
+    const detail::Chunk& c = chunks[k];
+    const size_t i = c.param;
+    const PhiloxKey key = make_key(opt_.seed ^ name_hash_[i], "adamw.stochastic_rounding", static_cast<uint64_t>(step_));
+    float* p = params_[i].param.data<float>();
+    const float* g = params_[i].grad.data<float>();
+    const bool decay = decay_[i] && opt_.weight_decay != 0.0;
+    float pb[kQuantBlock], mb[kQuantBlock], vb[kQuantBlock];
+    for (int64_t b0 = c.begin; b0 < c.end; b0 += kQuantBlock) {
+      const int64_t n = std::min(kQuantBlock, c.end - b0);
+      std::copy_n(p + b0, n, pb);
+      if (quantized_[i]) {
+        qm_[i].decode_block(signed_map(), b0 / kQuantBlock, mb);
+        qv_[i].decode_block(unsigned_map(), b0 / kQuantBlock, vb);  // sqrt(v) is stored
+        for (int64_t e = 0; e < n; ++e) vb[e] = vb[e] * vb[e];
+      } else {
+        std::copy_n(m_[i].data<float>() + b0, n, mb);
+        std::copy_n(v_[i].data<float>() + b0, n, vb);
+      }
+      if (decay)
+        adamw_chunk<true>(pb, g + b0, mb, vb, n, s, gs);
+      else
+        adamw_chunk<false>(pb, g + b0, mb, vb, n, s, gs);
+      for (int64_t e = 0; e < n; ++e)
+        p[b0 + e] = stochastic_round_bf16(pb[e], static_cast<uint32_t>(random_u64(key, static_cast<uint64_t>(b0 + e))));
+      if (quantized_[i]) {
+        qm_[i].encode_block(signed_map(), b0 / kQuantBlock, mb);
+        for (int64_t e = 0; e < n; ++e) vb[e] = std::sqrt(vb[e]);
+        qv_[i].encode_block(unsigned_map(), b0 / kQuantBlock, vb);
+      } else {
+        std::copy_n(mb, n, m_[i].data<float>() + b0);
+        std::copy_n(vb, n, v_[i].data<float>() + b0);
+      }
+      if (const Tensor& md = params_[i].model; md.defined()) {  // a bf16 model copy: the master's values exactly
+        float* w = md.data<float>() + b0;
+        std::copy_n(p + b0, n, w);
+        round_to_dtype(w, n, md.dtype());
+      }
     }
   }
 }

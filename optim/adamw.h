@@ -32,16 +32,32 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "optim/compact_state.h"
 #include "optim/device_optim.h"
 #include "optim/param_ref.h"
 
 namespace ptrain::optim {
+
+/// optim.state: how the master weights and the moments are held (optim/compact_state.h).
+///   fp32     the master is f32, the moments f32 (the formula above, bit for bit)
+///   bf16_sr  the master is on the bf16 grid (a bf16 tensor, or an f32 one holding bf16 values:
+///            the weights themselves, no separate copy); each update is computed in f32 as
+///            above and stochastically rounded to bf16; f32 moments
+///   int8     bf16_sr, and the moments block-wise 8-bit (dynamic-exponent codes, an f32 absmax
+///            per 2048 elements; the second moment as sqrt(v), which halves its range in decades:
+///            a v far below its block's largest no longer decodes to 0, which would turn that
+///            element's next step into m / eps); tensors under kQuantMinElements keep f32 moments
+/// Compact states run on the CPU (and so under train.offload.optimizer); the device kernels
+/// take fp32 only.
+enum class StateFormat : uint8_t { fp32, bf16_sr, int8 };
 
 struct AdamWOptions {
   double beta1 = 0.9;          ///< optim.betas[0], in [0, 1)
   double beta2 = 0.95;         ///< optim.betas[1], in [0, 1)
   double eps = 1e-8;           ///< optim.eps, >= 0
   double weight_decay = 0.1;   ///< optim.weight_decay, >= 0 (2-D parameters only)
+  StateFormat state = StateFormat::fp32;
+  uint64_t seed = 0;           ///< the stochastic rounding's stream (train.seed)
 };
 
 class AdamW {
@@ -63,7 +79,8 @@ class AdamW {
   void set_step_count(int64_t t);
 
   /// First / second moment of parameter i ([same shape as the parameter], fp32). The handle
-  /// is the optimizer's own state (writes through it change the state).
+  /// is the optimizer's own state (writes through it change the state), except for 8-bit
+  /// moments: then it is a decoded copy (set_state() writes them).
   Tensor exp_avg(size_t i);
   Tensor exp_avg_sq(size_t i);
   /// Replaces the moments of parameter i (checkpoint load). On the CPU the handles are adopted
@@ -71,6 +88,10 @@ class AdamW {
   /// optimizer's device tensors (from host or device). Shapes must equal the parameter's.
   void set_state(size_t i, Tensor m, Tensor v);
 
+  /// Bytes the state of parameter i takes beyond the weights (master copy, moments, scales).
+  int64_t state_bytes(size_t i) const;
+  /// Whether parameter i's moments are 8-bit.
+  bool quantized(size_t i) const { return quantized_.at(i); }
   /// True when weight decay applies to parameter i (it is 2-D).
   bool decays(size_t i) const { return decay_.at(i); }
   const std::vector<ParamRef>& params() const { return params_; }
@@ -78,11 +99,15 @@ class AdamW {
 
  private:
   void ensure_state(size_t i);
+  void step_compact(double lr, double grad_scale);
 
   AdamWOptions opt_;
   std::vector<ParamRef> params_;
   std::vector<bool> decay_;
   std::vector<Tensor> m_, v_;
+  std::vector<bool> quantized_;          ///< 8-bit moments (int8 state, large enough tensors)
+  std::vector<Quantized> qm_, qv_;       ///< the 8-bit moments
+  std::vector<uint64_t> name_hash_;      ///< per parameter: its stochastic-rounding stream
   int64_t step_ = 0;
   Device device_ = Device::cpu;
   std::unique_ptr<detail::DeviceTable> table_;  ///< the device path's uploaded descriptors

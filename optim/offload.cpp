@@ -3,7 +3,8 @@
 
 namespace ptrain::optim {
 
-HostOffload::HostOffload(const std::vector<Tensor>& device_weights, const std::vector<Tensor>& device_grads) {
+HostOffload::HostOffload(const std::vector<Tensor>& device_weights, const std::vector<Tensor>& device_grads,
+                         DType master_dtype) {
   PT_CHECK(device_weights.size() == device_grads.size(), "HostOffload: {} weights, {} gradients",
            device_weights.size(), device_grads.size());
   for (size_t i = 0; i < device_weights.size(); ++i) {
@@ -12,7 +13,7 @@ HostOffload::HostOffload(const std::vector<Tensor>& device_weights, const std::v
     PT_CHECK(w.defined() && g.defined() && w.device() == Device::cuda && g.device() == Device::cuda,
              "HostOffload: parameter {} must have its weights and gradient on the device", i);
     PT_CHECK(w.numel() == g.numel(), "HostOffload: parameter {}: {} weights, {} gradients", i, w.numel(), g.numel());
-    entries_.push_back({w, g, Tensor::zeros(w.shape(), DType::f32), Tensor::zeros(w.shape(), g.dtype())});
+    entries_.push_back({w, g, Tensor::zeros(w.shape(), master_dtype), Tensor::zeros(w.shape(), g.dtype())});
   }
   down_.assign(entries_.size(), 0);
 }

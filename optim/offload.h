@@ -37,7 +37,9 @@ class HostOffload {
   };
   /// For each parameter: its device weights and gradient; allocates the host master (zeros)
   /// and the host gradient.
-  HostOffload(const std::vector<Tensor>& device_weights, const std::vector<Tensor>& device_grads);
+  /// `master_dtype`: f32, or bf16 for a compact optimizer state (optim/adamw.h StateFormat).
+  HostOffload(const std::vector<Tensor>& device_weights, const std::vector<Tensor>& device_grads,
+              DType master_dtype = DType::f32);
 
   size_t size() const { return entries_.size(); }
   const Entry& entry(size_t i) const { return entries_.at(i); }

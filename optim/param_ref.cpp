@@ -16,7 +16,8 @@ Device check_param_refs(const std::vector<ParamRef>& params) {
       PT_CHECK(is_low_precision(p.model.dtype()) && p.model.shape() == p.param.shape() && !p.model.same(p.param),
                "parameter '{}': the model copy must be a bf16/f16 tensor of the master's shape {}, got {} {}", p.name,
                shape_str(p.param.shape()), dtype_name(p.model.dtype()), shape_str(p.model.shape()));
-    PT_CHECK(p.param.dtype() == DType::f32, "parameter '{}': master weights must be f32, got {}", p.name,
+    PT_CHECK(p.param.dtype() == DType::f32 || p.param.dtype() == DType::bf16,
+             "parameter '{}': master weights must be f32 (or bf16: a compact state), got {}", p.name,
              dtype_name(p.param.dtype()));
     PT_CHECK(p.grad.dtype() == DType::f32 || is_low_precision(p.grad.dtype()),
              "parameter '{}': gradient must be f32, bf16 or f16, got {}", p.name, dtype_name(p.grad.dtype()));

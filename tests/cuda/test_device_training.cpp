@@ -273,6 +273,41 @@ TEST_F(DeviceTraining, OptimizerOffloadIsBitIdenticalToTheDeviceOptimizer) {
   }
 }
 
+// optim.state 8bit on the device: refused without optimizer offload (the device kernels take
+// fp32 state), trained by the host AdamW with it: the same bits as the CPU's 8bit run for the
+// first steps (bf16, where the emulated device matches the CPU bit for bit), and the loss falls.
+TEST_F(DeviceTraining, CompactStateNeedsOffloadAndMatchesTheCpu) {
+  const auto& r = match_runs();
+  launch::RunOptions opt;
+  opt.quiet = true;
+  opt.local_ranks = 1;
+  const fs::path refused = r.dir / "state8_refused";
+  try {
+    launch::Trainer t(config(yaml(r.data, refused), {"device=cuda", "train.precision=bf16", "optim.state=8bit"}), opt);
+    t.run();
+    FAIL() << "optim.state: 8bit on the device without offload must refuse";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.offload.optimizer: true"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(refused));
+  std::vector<nlohmann::json> rows[2];
+  for (int d = 0; d < 2; ++d) {
+    auto sets = r.sets(d ? "cuda" : "cpu", "bf16");
+    sets.push_back("optim.state=8bit");
+    if (d) sets.push_back("train.offload.optimizer=true");
+    const fs::path run = r.dir / (d ? "state8_cuda" : "state8_cpu");
+    ASSERT_EQ(train(yaml(r.data, run), false, sets), 0);
+    rows[d] = metrics(run);
+    ASSERT_EQ(rows[d].size(), 20u);
+  }
+  if (cuda::emulated())
+    for (size_t k = 0; k < 3; ++k)
+      EXPECT_EQ(rows[1][k].at("loss").get<double>(), rows[0][k].at("loss").get<double>()) << "step " << k + 1;
+  for (size_t k = 0; k < 20; ++k)
+    EXPECT_LE(rel(rows[1][k].at("loss"), rows[0][k].at("loss")), 2e-2) << "step " << k + 1;
+  EXPECT_LT(rows[1].back().at("loss").get<double>(), rows[1].front().at("loss").get<double>() - 0.5);
+}
+
 TEST_F(DeviceTraining, Gpt2Bf16IsBitIdenticalToTheCpu) {
   // LayerNorm with bias, learned positions, GELU, the fused qkv split, tied embeddings
   auto dir = fresh_dir("gpt2");

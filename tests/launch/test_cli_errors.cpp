@@ -544,6 +544,14 @@ TEST_F(CliErrors, OffloadOnTheCpuIsRefused) {
   expect_bad_input(train_with_sets("offload_not_bool", {"train.offload.optimizer=maybe"}), {"train.offload.optimizer"});
 }
 
+TEST_F(CliErrors, OptimizerStateOutOfRangeOrWithFp16) {
+  expect_bad_input(train_with_sets("state_bad", {"optim.state=4bit"}), {"optim.state", "4bit", "bf16-sr", "8bit"});
+  expect_untouched_run_dir("state_bad");
+  expect_bad_input(train_with_sets("state_fp16", {"optim.state=8bit", "train.precision=fp16"}),
+                   {"optim.state", "fp16", "bf16"});
+  expect_untouched_run_dir("state_fp16");
+}
+
 TEST_F(CliErrors, SetWithoutEquals) {
   expect_bad_input(train_with_sets("set_noeq", {"model.hidden"}), {"--set", "model.hidden"});
 }

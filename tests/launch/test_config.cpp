@@ -449,7 +449,7 @@ TEST(Config, JsonAndYamlRoundTrip) {
   c.train.tf32 = true;
   c.train.offload = {true, true};
   c.optim = {Optimizer::adamw, 1.234e-4, 1.1e-5, 7, LrSchedule::constant, {0.85, 0.975}, 1e-7, 0.01, 0.5, 1,
-             {1024.0, 100}};
+             {1024.0, 100}, OptimState::int8};
   c.data = {"d/x.h5", false, std::nullopt};
   c.checkpoint = {"runs/rt", 9, 0};
   c.device = DeviceChoice::cuda;
@@ -508,7 +508,7 @@ TEST(Config, KeysAreTheContract) {
       "train.eval_every", "train.eval_batches", "train.val_fraction", "train.log_every", "train.threads",
       "train.tf32", "train.offload.activations", "train.offload.optimizer", "optim.name", "optim.lr",
       "optim.min_lr", "optim.warmup_steps", "optim.schedule", "optim.betas", "optim.eps", "optim.weight_decay",
-      "optim.grad_clip", "optim.zero", "optim.loss_scale.initial", "optim.loss_scale.growth_interval",
+      "optim.grad_clip", "optim.zero", "optim.state", "optim.loss_scale.initial", "optim.loss_scale.growth_interval",
       "data.path", "data.shuffle", "data.val_path", "checkpoint.dir", "checkpoint.every", "checkpoint.keep",
       "device"};
   std::vector<std::string> got;

@@ -60,16 +60,18 @@ std::vector<double> losses(const std::vector<nlohmann::json>& rows) {
   return r;
 }
 
-void expect_resume_bit_identical(const std::string& precision) {
-  auto dir = fresh_dir("resume_" + precision);
+void expect_resume_bit_identical(const std::string& precision, const std::string& state = "fp32") {
+  auto dir = fresh_dir("resume_" + precision + "_" + state);
   const std::string data = make_data(dir);
   const std::string extra = "";
   // uninterrupted
-  ASSERT_EQ(train(yaml(data, dir / "full"), false, {"train.precision=" + precision}), 0);
+  ASSERT_EQ(train(yaml(data, dir / "full"), false, {"train.precision=" + precision, "optim.state=" + state}), 0);
   auto full = metrics(dir / "full");
   ASSERT_EQ(full.size(), 20u);
   // interrupted at 10: train 10 steps (same schedule length), then resume to 20
-  ASSERT_EQ(train(yaml(data, dir / "part"), false, {"train.precision=" + precision, "train.steps=20"}), 0);
+  ASSERT_EQ(train(yaml(data, dir / "part"), false,
+                  {"train.precision=" + precision, "optim.state=" + state, "train.steps=20"}),
+            0);
   // cut the run back to step 10 as if it had died after the checkpoint at step 10
   fs::remove_all(dir / "part" / step_dir_name(20));
   {
@@ -78,7 +80,7 @@ void expect_resume_bit_identical(const std::string& precision) {
   }
   fs::create_directories(dir / "part" / (step_dir_name(15) + ".tmp"));  // a half-written checkpoint
   std::ofstream(dir / "part" / (step_dir_name(15) + ".tmp") / "rank_00000.h5") << "partial";
-  ASSERT_EQ(train(yaml(data, dir / "part"), true, {"train.precision=" + precision}), 0);
+  ASSERT_EQ(train(yaml(data, dir / "part"), true, {"train.precision=" + precision, "optim.state=" + state}), 0);
   EXPECT_FALSE(fs::exists(dir / "part" / (step_dir_name(15) + ".tmp"))) << "resume must remove *.tmp leftovers";
   auto part = metrics(dir / "part");
   ASSERT_EQ(part.size(), 20u) << "metrics.jsonl must be cut back to step 10, then continued";
@@ -95,6 +97,11 @@ void expect_resume_bit_identical(const std::string& precision) {
 
 TEST(Trainer, ResumeIsBitIdenticalFp32) { expect_resume_bit_identical("fp32"); }
 TEST(Trainer, ResumeIsBitIdenticalBf16) { expect_resume_bit_identical("bf16"); }
+// optim.state bf16-sr and 8bit: the stochastic rounding draws from (seed, parameter, step,
+// element) and the 8-bit moments round-trip through the checkpoint's decoded fp32 moments.
+TEST(Trainer, ResumeIsBitIdenticalBf16Sr) { expect_resume_bit_identical("bf16", "bf16-sr"); }
+TEST(Trainer, ResumeIsBitIdentical8bit) { expect_resume_bit_identical("bf16", "8bit"); }
+TEST(Trainer, ResumeIsBitIdentical8bitFp32Weights) { expect_resume_bit_identical("fp32", "8bit"); }
 
 // train.threads sets the one thread count of ptrain's kernels and the BLAS (core/cpu/threading.h):
 // every step's loss and gradient norm are the same bits at 1, 2 and 4 threads, fp32 and bf16.
