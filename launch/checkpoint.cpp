@@ -119,8 +119,14 @@ void write_rank_file(const std::string& dir, int64_t step, int rank, const std::
   {
     h5::File f = h5::File::create(path);
     std::map<std::string, int> pieces;  // several slabs of one tensor (fused q,k,v under TP): name, name@1, ...
-    for (const auto& e : entries) {
-      if (!e.write) continue;
+    for (const auto& entry : entries) {
+      if (!entry.write) continue;
+      CkptEntry produced;
+      if (entry.make) {
+        produced = entry;
+        produced.tensor = entry.make();
+      }
+      const CkptEntry& e = entry.make ? produced : entry;
       if (e.flat_offset >= 0) {  // a ZeRO-1 shard: a flat range of the full tensor
         PT_CHECK(e.tensor.ndim() == 1 && e.flat_offset + e.tensor.numel() <= shape_numel(e.full_shape),
                  "checkpoint entry {}/{}: flat range [{}, +{}) outside {}", e.group, e.name, e.flat_offset,
@@ -128,7 +134,7 @@ void write_rank_file(const std::string& dir, int64_t step, int rank, const std::
         std::string name = e.group + "/" + e.name;
         const int k = pieces[name]++;
         if (k > 0) name.append(1, '@').append(std::to_string(k));
-        h5::write(f, name, e.tensor, e.store);
+        h5::write(f, name, e.tensor.device() == Device::cpu ? e.tensor : e.tensor.to_device(Device::cpu), e.store);
         h5::write_attr(f, name, "full_shape", std::vector<int64_t>(e.full_shape.begin(), e.full_shape.end()));
         h5::write_attr(f, name, "flat_offset", e.flat_offset);
         continue;
@@ -143,7 +149,8 @@ void write_rank_file(const std::string& dir, int64_t step, int rank, const std::
       std::string name = e.group + "/" + e.name;
       const int k = pieces[name]++;
       if (k > 0) name.append(1, '@').append(std::to_string(k));
-      h5::write(f, name, block, e.store);
+      // device tensors come down one at a time: host memory grows by one tensor, not the state
+      h5::write(f, name, block.device() == Device::cpu ? block : block.to_device(Device::cpu), e.store);
       h5::write_attr(f, name, "full_shape", std::vector<int64_t>(e.full_shape.begin(), e.full_shape.end()));
       h5::write_attr(f, name, "offset", std::vector<int64_t>(off.begin(), off.end()));
     }

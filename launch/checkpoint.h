@@ -26,7 +26,8 @@ namespace ptrain::launch {
 struct CkptEntry {
   std::string group;   ///< "param" | "master" | "exp_avg" | "exp_avg_sq"
   std::string name;    ///< full parameter name
-  Tensor tensor;       ///< this rank's block; rows beyond full_shape (vocab padding) are not stored
+  Tensor tensor;       ///< this rank's block (write: host or device, copied down one at a time);
+                       ///< rows beyond full_shape (vocab padding) are not stored
   Shape full_shape;    ///< the full, unsharded, unpadded shape
   Shape offset;        ///< where the block starts in the full tensor (empty = all zeros)
   DType store = DType::f32;  ///< stored dtype (f32 | bf16 | f16)
@@ -34,6 +35,9 @@ struct CkptEntry {
   /// >= 0 (write only): `tensor` is 1-D, the elements [flat_offset, flat_offset + numel) of the
   /// row-major full tensor (a ZeRO-1 shard; `offset` unused).
   int64_t flat_offset = -1;
+  /// Write only, optional: produces `tensor` when the file is written (an 8-bit moment decoded
+  /// just then), so a checkpoint holds one decoded tensor in host memory at a time.
+  std::function<Tensor()> make;
 };
 
 std::string step_dir_name(int64_t step);

@@ -18,6 +18,7 @@
 // change to an op's saves or scratch must be mirrored here (the calibration test compares
 // with the emulated device's allocator).
 #include "launch/memory_plan.h"
+#include "optim/compact_state.h"
 
 #include <algorithm>
 #include <array>
@@ -1574,21 +1575,24 @@ class SStage {
 
 namespace {
 
-/// Bytes per parameter element of the optimizer state: fp32 master and two fp32 moments, or,
-/// when the config has an optim.state key set to anything but fp32, the compact state of
-/// DESIGN.md (bf16 master, 8-bit moments with one fp32 scale per kCompactBlock elements).
-constexpr int64_t kCompactBlock = 256;
+/// Bytes per parameter element of the optimizer state (optim/adamw.h StateFormat):
+///   master   a separate master copy: fp32 state 4 B (only where the weights are not fp32
+///            themselves); compact states keep the master in the weights on the device, and
+///            under offload in a host tensor of bf16 values, which the CPU stores as floats (4 B)
+///   moments  fp32 / bf16-sr 8 B; 8bit 1 B each plus an fp32 absmax per kQuantBlock elements
+///            (tensors under kQuantMinElements keep fp32 moments: a few KB, not modelled)
 struct StateBytes {
   double master = 4, moments = 8;
+  bool compact = false;
 };
 StateBytes state_bytes(const Config& cfg) {
-  const nlohmann::json j = to_json(cfg);
   StateBytes b;
-  if (j.contains("optim") && j["optim"].contains("state") && j["optim"]["state"].is_string() &&
-      j["optim"]["state"].get<std::string>() != "fp32") {
-    b.master = 2;
-    b.moments = 2.0 + 2.0 * 4.0 / static_cast<double>(kCompactBlock);
-  }
+  // a compact state exists only in host memory (the CPU AdamW); with the state on the device
+  // the device kernels hold fp32 (the trainer refuses a compact state there: see notes)
+  if (!cfg.train.offload.optimizer) return b;
+  b.compact = cfg.optim.state != OptimState::fp32;
+  if (cfg.optim.state == OptimState::int8)
+    b.moments = 2.0 + 2.0 * 4.0 / static_cast<double>(optim::kQuantBlock);
   return b;
 }
 int64_t times(int64_t n, double bytes_per) { return static_cast<int64_t>(std::ceil(static_cast<double>(n) * bytes_per)); }
@@ -1653,7 +1657,7 @@ StageResult simulate_stage(const Config& cfg, int world, const GpuSpec& gpu, int
   for (SParam& p : model.params()) {
     const int64_t n = numel_of(p.shape);
     p.grad = sim.alloc(device_bytes(p.shape, cfg.train.grad_dtype), Cat::grads);
-    if (low && !off_opt) masters.push_back(sim.alloc(times(n, sb.master), Cat::master));
+    if (low && !off_opt && !sb.compact) masters.push_back(sim.alloc(times(n, sb.master), Cat::master));
     r.params.push_back({n, numel_of(p.full_shape), zero ? n - n * (dp - 1) / dp : n, p.sharded, p.tied_replica});
     if (!p.tied_replica && (p.sharded || d.tp_rank == 0)) {
       ++owners;
@@ -1834,6 +1838,11 @@ MemoryPlan plan_memory(const Config& cfg, int world, const GpuSpec& gpu, int64_t
   plan.world = world;
   plan.device_capacity_bytes = gpu.total_bytes;
   plan.host_capacity_bytes = host_capacity_bytes;
+  if (cfg.optim.state != OptimState::fp32 && !cfg.train.offload.optimizer)
+    plan.notes.push_back(fmt::format(
+        "optim.state: {} lives in host memory only (the CPU AdamW): with train.offload.optimizer: false the trainer "
+        "refuses it on a GPU; modelled here as the fp32 state the device kernels hold",
+        to_string(cfg.optim.state)));
   const int tp = par.tp, pp = par.pp, dp = cfg.resolved_dp(world);
   const bool low = is_low_precision(cfg.train.precision), off = cfg.train.offload.optimizer;
   const bool zero = cfg.optim.zero == 1 && dp > 1;
@@ -1885,13 +1894,14 @@ MemoryPlan plan_memory(const Config& cfg, int world, const GpuSpec& gpu, int64_t
     if (off) {
       h.master = times(elems, sb.master);
       h.moments = times(s.zero_numel, sb.moments);
-      h.grad_staging = elems * 4;  // optim/offload.h: a host copy of every gradient (host floats)
+      h.grad_staging = max_local * 4;  // optim/offload.h: one staging buffer, the largest gradient (host floats)
     }
     h.activations = s.host_activations;
-    // Trainer::save_checkpoint: host copies of the device tensors a rank writes, all at once
-    // (bf16 weights are floats on the host): weights and masters by DP rank 0, moments by
-    // each rank for its ZeRO-1 range (offloaded state is on the host already: no copy).
-    h.checkpoint_staging = writer_elems * (4 + (low && !off ? 4 : 0)) + (off ? 0 : moment_elems * 8);
+    // Trainer::save_checkpoint: write_rank_file copies device tensors down (and decodes 8-bit
+    // moments) one tensor at a time: the largest local tensor, as floats on the host
+    (void)writer_elems;
+    (void)moment_elems;
+    h.checkpoint_staging = max_local * 4;
     h.init_staging = cfg.train.init_from ? full * 4 : max_local * 4;
     h.emulated_device = gpu.emulated ? s.reserved + kGemmWorkspace : 0;
     h.process = gpu.host_process_bytes;
@@ -1943,10 +1953,15 @@ std::vector<Family> candidate_families(const Config& c, int world, const MemoryP
     }
     if (!f.empty()) fam.push_back(f);
   }
-  for (const KeyInfo& k : config_keys())
-    if (k.path == "optim.state") fam.push_back({{"optim.state=8bit"}});
+  // a compact state runs on the host AdamW only: with the state on the device it comes with offload
+  if (c.optim.state != OptimState::int8) {
+    if (t.offload.optimizer)
+      fam.push_back({{"optim.state=8bit"}});
+    else
+      fam.push_back({{"optim.state=8bit", "train.offload.optimizer=true"}});
+  }
   if (!plan.host_fits) {
-    if (t.offload.optimizer) fam.push_back({{"train.offload.optimizer=false"}});
+    if (t.offload.optimizer && c.optim.state == OptimState::fp32) fam.push_back({{"train.offload.optimizer=false"}});
     if (t.offload.activations) fam.push_back({{"train.offload.activations=false"}});
   }
   return fam;
@@ -2095,7 +2110,7 @@ std::string format_plan(const MemoryPlan& plan, const std::vector<PlanChange>& a
     for (const RankMemory* c : cols) out += fmt::format("{:>14}", value(*host_of[c->stage]));
     out += "\n";
   };
-  hrow("  fp32 master (offloaded)", [&](const RankMemory& c) { return g(c.host.master); });
+  hrow("  master (offloaded)", [&](const RankMemory& c) { return g(c.host.master); });
   hrow("  moments (offloaded)", [&](const RankMemory& c) { return g(c.host.moments); });
   hrow("  gradient staging", [&](const RankMemory& c) { return g(c.host.grad_staging); });
   hrow("  offloaded activations", [&](const RankMemory& c) { return g(c.host.activations); });
@@ -2105,6 +2120,7 @@ std::string format_plan(const MemoryPlan& plan, const std::vector<PlanChange>& a
   hrow("  process", [&](const RankMemory& c) { return g(c.host.process); });
   hrow("  = host peak", [&](const RankMemory& c) { return g(c.host_bytes); });
   out += "  (a rank's host peak counts the larger of offloaded activations, checkpoint staging and init staging)\n";
+  for (const std::string& n : plan.notes) out += "note: " + n + "\n";
   const RankMemory& w = plan.worst();
   out += fmt::format("device: largest need {} GiB on rank {} (peak at {}) of {} GiB: {}\n",
                      gib(w.device_required_bytes), w.rank, w.peak_at, gib(plan.device_capacity_bytes),
@@ -2188,6 +2204,7 @@ nlohmann::json plan_to_json(const MemoryPlan& plan, const std::vector<PlanChange
                    {"device_required_bytes", a.plan.worst().device_required_bytes},
                    {"host_bytes", a.plan.host_bytes}});
   return {{"fits", plan.fits},
+          {"notes", plan.notes},
           {"device_fits", plan.device_fits},
           {"host_fits", plan.host_fits},
           {"gpu", plan.gpu.name},

@@ -140,6 +140,7 @@ struct MemoryPlan {
   int64_t host_bytes = 0;             ///< Σ over ranks (one host)
   bool device_fits = false, host_fits = false, fits = false;
   std::vector<RankMemory> ranks;      ///< every rank, in rank order
+  std::vector<std::string> notes;     ///< what the model assumed where the trainer would refuse
   /// The rank with the largest device_required_bytes (first on ties).
   const RankMemory& worst() const;
 };

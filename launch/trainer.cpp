@@ -23,6 +23,7 @@
 #endif
 #include "data/token_file.h"
 #include "launch/checkpoint.h"
+#include "launch/memory_plan.h"
 #include "launch/weights_io.h"
 #include "optim/grad_clip.h"
 #include "parallel/partition.h"
@@ -207,6 +208,15 @@ void Trainer::check_memory_features() const {
 void Trainer::check_inputs() {
   device_ = resolve_device(cfg_.device, opt_.world_size);
   check_memory_features();
+  // The model of memory `ptrain plan` prints (launch/memory_plan.h): a run that cannot fit the
+  // device is refused before anything is allocated, with the plan's advice. (Layers the model
+  // does not know, a researcher's own, are left to the allocator's own out-of-memory message.)
+  if (device_ == Device::cuda && memory_model_covers(cfg_))
+    if (auto gpu = current_device_spec()) {
+      const int64_t host = host_memory_bytes();
+      const MemoryPlan plan = plan_memory(cfg_, opt_.world_size, *gpu, host);
+      if (!plan.device_fits) throw UserError(refusal_message(plan, plan_advice(cfg_, opt_.world_size, *gpu, host, plan)));
+    }
 #if PTRAIN_HAVE_CUDA
   if (cfg_.device == DeviceChoice::automatic && device_ == Device::cpu && opt_.world_size > 1 && !cuda::emulated() &&
       cuda::device_count() > 0 && opt_.rank == 0 && !opt_.quiet)
@@ -394,18 +404,11 @@ void Trainer::setup() {
                                                     cfg_.optim.state == OptimState::fp32 ? DType::f32 : DType::bf16);
     for (size_t i = 0; i < params_.size(); ++i) {
       params_[i].master = offload_->host_master(i);
-      params_[i].opt_grad = offload_->host_grad(i);
+      params_[i].opt_grad = offload_->staged_grad(i);
     }
   }
   stage_ = std::make_unique<ModelStage>(*model_, chunk_blocks_, grid_->first_stage(), grid_->last_stage(),
                                         cfg_.train.grad_dtype, recompute_mode(cfg_.train.recompute));
-  // Offload without data parallelism: each gradient goes down as soon as backward made it final
-  // (with dp > 1 the reduced gradient is final only after the reducer: grads_down() then).
-  if (offload_ && g.dp == 1 && grid_->embed().size() == 1)
-    stage_->set_grad_ready_hook([this](const Tensor& t) {
-      auto it = param_index_.find(t.id());
-      if (it != param_index_.end()) offload_->grad_ready(it->second);
-    });
   if (g.dp > 1) {
     std::vector<Tensor> grads;
     for (auto& p : params_) grads.push_back(p.grad);
@@ -578,10 +581,10 @@ std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<T
   moments.clear();
   staged_.clear();
   // Checkpoint files are written from and read into host memory: device tensors are copied
-  // down (write) or read into host buffers that resume_from uploads (read, staged_).
+  // down by write_rank_file one at a time (write), or read into host buffers that resume_from
+  // uploads (read, staged_).
   auto host = [&](const Tensor& t) -> Tensor {
-    if (t.device() == Device::cpu) return t;
-    if (for_write) return t.to_device(Device::cpu);
+    if (t.device() == Device::cpu || for_write) return t;
     Tensor h = Tensor::zeros(t.shape(), t.dtype());
     staged_.emplace_back(h, t);
     return h;
@@ -599,10 +602,13 @@ std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<T
         const int64_t base = zero_shard_in_full(p, full), stored = shape_numel(full);
         const int64_t n = std::max<int64_t>(0, std::min(p.zero_end - p.zero_begin, stored - base));
         if (n > 0) {
-          e.push_back({"exp_avg", p.name, host(adam_->exp_avg(i)).view({-1}).rows(0, n), full, {}, DType::f32, true,
-                       base});
-          e.push_back({"exp_avg_sq", p.name, host(adam_->exp_avg_sq(i)).view({-1}).rows(0, n), full, {}, DType::f32,
-                       true, base});
+          // produced when written (8-bit moments are decoded then: one tensor at a time)
+          CkptEntry em{"exp_avg", p.name, Tensor(), full, {}, DType::f32, true, base};
+          em.make = [this, i, n] { return adam_->exp_avg(i).view({-1}).rows(0, n); };
+          CkptEntry ev{"exp_avg_sq", p.name, Tensor(), full, {}, DType::f32, true, base};
+          ev.make = [this, i, n] { return adam_->exp_avg_sq(i).view({-1}).rows(0, n); };
+          e.push_back(std::move(em));
+          e.push_back(std::move(ev));
         }
       }
       if (!p.writer) continue;
@@ -617,31 +623,41 @@ std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<T
       if (low) add_weights("master", host(p.master), DType::f32);
       continue;
     }
-    if (for_write) {
-      std::tie(m, v) = full_moments(i);  // a collective over DP under ZeRO-1: every rank calls it
+    // moments produced when written (one decoded 8-bit tensor at a time) unless a ZeRO-1
+    // gather is needed, which is a collective every rank makes now, in order
+    std::function<Tensor()> make_m, make_v;
+    if (for_write && !zero_) {
       if (!p.writer) continue;
-      m = host(m);
-      v = host(v);
+      make_m = [this, i] { return adam_->exp_avg(i); };
+      make_v = [this, i] { return adam_->exp_avg_sq(i); };
+    } else if (for_write) {
+      std::tie(m, v) = full_moments(i);
+      if (!p.writer) continue;
     } else {
       m = Tensor::zeros(p.master.shape());
       v = Tensor::zeros(p.master.shape());
     }
     moments.push_back(m);
     moments.push_back(v);
-    auto add = [&](const std::string& group, const Tensor& t, DType store) {
+    auto add = [&](const std::string& group, const Tensor& t, DType store, std::function<Tensor()> make = {}) {
       const auto& sh = p.param->sharding;
       for (const auto& run : p.param->pieces()) {
         Shape off(full.size(), 0);
         Tensor block = t;
+        int64_t r0 = -1, r1 = -1;  // the piece's local rows (dim-0 sharding)
         if (sh.sharded()) {
           off[static_cast<size_t>(sh.dim)] = run.full_begin;
           if (sh.dim == 0) {
-            block = t.rows(run.local_begin, run.local_begin + run.length);
+            r0 = run.local_begin;
+            r1 = run.local_begin + run.length;
+            if (t.defined()) block = t.rows(r0, r1);
           } else {
             PT_CHECK(sh.groups == 1, "{}: sections along dim {} are not supported in checkpoints", p.name, sh.dim);
           }
         }
-        e.push_back({group, p.name, block, full, off, store, true});
+        CkptEntry ce{group, p.name, block, full, off, store, true};
+        if (make) ce.make = [make, r0, r1] { return r0 < 0 ? make() : make().rows(r0, r1); };
+        e.push_back(std::move(ce));
       }
     };
     // low precision: weights are resumed from the fp32 masters ("param" is written, not read);
@@ -649,8 +665,8 @@ std::vector<CkptEntry> Trainer::checkpoint_entries(bool for_write, std::vector<T
     // optimizer offload), which resume_from then places in the weights
     add("param", for_write ? host(p.param->value) : low ? p.param->value : host(p.master), spec_.dtype);
     if (low) add("master", host(p.master), DType::f32);
-    add("exp_avg", m, DType::f32);
-    add("exp_avg_sq", v, DType::f32);
+    add("exp_avg", m, DType::f32, make_m);
+    add("exp_avg_sq", v, DType::f32, make_v);
   }
   return e;
 }
@@ -745,7 +761,14 @@ void Trainer::sync_grads() {
 double Trainer::grad_norm(double loss_scale) {
   std::vector<optim::ParamRef> mine;
   for (auto& p : params_)
-    if (p.norm_owner) mine.push_back({p.name, p.master, p.opt_grad});
+    if (p.norm_owner) {
+      // offloaded: the device gradients themselves (the norm reads only gradients; the device
+      // sums in the CPU's chunk order, so either place gives the same number)
+      if (offload_)
+        mine.push_back({p.name, p.grad, p.grad});
+      else
+        mine.push_back({p.name, p.master, p.opt_grad});
+    }
   double ss = optim::grad_sum_squares(mine);
   if (opt_.world_size > 1) {
     // per-rank partial sums in world-rank order, summed in double
@@ -768,11 +791,10 @@ double Trainer::grad_norm(double loss_scale) {
 void Trainer::optimizer_step(double lr, double grad_scale) {
   {
     parallel::Timeline::Scope span(&timeline_, "optimizer", "optimizer");
-    adam_->step(lr, grad_scale);  // also writes the low-precision weights (ParamRef::model)
-  }
-  if (offload_ && !zero_) {
-    parallel::Timeline::Scope span(&timeline_, "weights to device", "offload");
-    offload_->weights_up();
+    if (offload_)  // gradient down, host update, weights up: parameter by parameter
+      offload_->step(*adam_, lr, grad_scale, !zero_);
+    else
+      adam_->step(lr, grad_scale);  // also writes the low-precision weights (ParamRef::model)
   }
   if (zero_) {
     parallel::Timeline::Scope span(&timeline_, "zero all-gather", "comm");
@@ -801,7 +823,6 @@ double Trainer::train_step(int64_t s) {
   sampler_->batch(s, in.data(), tg.data(), cfg_.model.vocab_size);
 
   for (auto& p : params_) p.grad.zero_();
-  if (offload_) offload_->begin_step();
 
   const bool fp16 = spec_.dtype == DType::f16;
   const double loss_scale = fp16 ? scaler_.scale() : 1.0;
@@ -810,10 +831,6 @@ double Trainer::train_step(int64_t s) {
   if (reducer_) reducer_->begin_step();
   const auto stats = parallel::run_schedule(sched_, *stage_, grid_->pp(), &timeline_);
   sync_grads();
-  if (offload_) {
-    parallel::Timeline::Scope span(&timeline_, "gradients to host", "offload");
-    offload_->grads_down();
-  }
   // the loss: Σ over micro-batches on the last stage, one TP rank per DP replica, summed over DP
   double loss_sum = grid_->last_stage() && grid_->coord().tp == 0 ? stage_->loss_sum() : 0.0;
   if (opt_.world_size > 1) {

@@ -211,20 +211,42 @@ void AdamW::step(double lr, double grad_scale) {
   PT_CHECK(std::isfinite(grad_scale), "gradient scale {} is not finite", grad_scale);
   check_param_refs(params_);
   ++step_;
-  if (device_ == Device::cuda) {
-    for (size_t i = 0; i < params_.size(); ++i) ensure_state(i);
-    table_->adamw(params_, m_, v_, decay_, lr, opt_.beta1, opt_.beta2, opt_.eps, opt_.weight_decay, step_, grad_scale);
-    return;
-  }
-  if (opt_.state != StateFormat::fp32) return step_compact(lr, grad_scale);
-  const Scalars s = scalars(opt_, lr, step_);
+  if (device_ == Device::cpu) return update(lr, grad_scale, 0, params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) ensure_state(i);
+  table_->adamw(params_, m_, v_, decay_, lr, opt_.beta1, opt_.beta2, opt_.eps, opt_.weight_decay, step_, grad_scale);
+}
 
-  int64_t total = 0;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    ensure_state(i);
-    total += params_[i].param.numel();
+void AdamW::begin_step() {
+  PT_CHECK(device_ == Device::cpu, "AdamW::begin_step/update are the CPU path's (the device updates all at once)");
+  ++step_;
+}
+
+namespace {
+/// The chunks of parameters [first, last) (each parameter's chunks depend only on its size).
+std::vector<detail::Chunk> chunks_of(const std::vector<ParamRef>& params, size_t first, size_t last, int64_t size,
+                                     int64_t& total) {
+  std::vector<detail::Chunk> out;
+  total = 0;
+  for (size_t i = first; i < last; ++i) {
+    const int64_t n = params[i].param.numel();
+    total += n;
+    for (int64_t b = 0; b < n; b += size) out.push_back({i, b, b + size < n ? b + size : n});
   }
-  const std::vector<detail::Chunk> chunks = detail::make_chunks(params_, kStepChunk);
+  return out;
+}
+}  // namespace
+
+void AdamW::update(double lr, double grad_scale, size_t first, size_t last) {
+  PT_CHECK(std::isfinite(lr) && std::isfinite(grad_scale), "learning rate {} / gradient scale {}", lr, grad_scale);
+  PT_CHECK(device_ == Device::cpu, "AdamW::update is the CPU path's");
+  PT_CHECK(first <= last && last <= params_.size(), "AdamW::update [{}, {}) of {} parameters", first, last,
+           params_.size());
+  PT_CHECK(step_ > 0, "AdamW::update before begin_step()");
+  for (size_t i = first; i < last; ++i) ensure_state(i);
+  if (opt_.state != StateFormat::fp32) return update_compact(lr, grad_scale, first, last);
+  const Scalars s = scalars(opt_, lr, step_);
+  int64_t total = 0;
+  const std::vector<detail::Chunk> chunks = chunks_of(params_, first, last, kStepChunk, total);
   const int64_t nc = static_cast<int64_t>(chunks.size());
 #pragma omp parallel for schedule(static) if (total > detail::kParallelMin)
   for (int64_t k = 0; k < nc; ++k) {
@@ -250,14 +272,10 @@ void AdamW::step(double lr, double grad_scale) {
 // The compact states: the same f32 update per element (adamw_chunk, on a block's decoded
 // copy), then the master stochastically rounded to bf16 and the moments stored back (8-bit:
 // re-quantised per block). Blocks of kQuantBlock inside fixed chunks: thread-count independent.
-void AdamW::step_compact(double lr, double grad_scale) {
+void AdamW::update_compact(double lr, double grad_scale, size_t first, size_t last) {
   const Scalars s = scalars(opt_, lr, step_);
   int64_t total = 0;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    ensure_state(i);
-    total += params_[i].param.numel();
-  }
-  const std::vector<detail::Chunk> chunks = detail::make_chunks(params_, kStepChunk);
+  const std::vector<detail::Chunk> chunks = chunks_of(params_, first, last, kStepChunk, total);
   const int64_t nc = static_cast<int64_t>(chunks.size());
   const float gs = static_cast<float>(grad_scale);
 #pragma omp parallel for schedule(static) if (total > detail::kParallelMin)

@@ -71,6 +71,11 @@ class AdamW {
   /// scale, folded in: the gradient buffers are not rewritten, nor rounded again); refs with
   /// a `model` get round(master) written into it. On the device: one multi-tensor launch.
   void step(double lr, double grad_scale = 1.0);
+  /// The same update in pieces (CPU only; the offloaded optimizer updates parameter by
+  /// parameter as their gradients arrive in host memory): begin_step() advances the step count
+  /// once, then update() over every parameter range once gives exactly step()'s result.
+  void begin_step();
+  void update(double lr, double grad_scale, size_t first, size_t last);
   /// Where the parameters, gradients and moments live (the ParamRefs' device).
   Device device() const { return device_; }
 
@@ -99,7 +104,7 @@ class AdamW {
 
  private:
   void ensure_state(size_t i);
-  void step_compact(double lr, double grad_scale);
+  void update_compact(double lr, double grad_scale, size_t first, size_t last);
 
   AdamWOptions opt_;
   std::vector<ParamRef> params_;

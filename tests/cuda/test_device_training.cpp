@@ -12,6 +12,7 @@
 // Label `cuda`: skipped (never passed) without a device.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -306,6 +307,33 @@ TEST_F(DeviceTraining, CompactStateNeedsOffloadAndMatchesTheCpu) {
   for (size_t k = 0; k < 20; ++k)
     EXPECT_LE(rel(rows[1][k].at("loss"), rows[0][k].at("loss")), 2e-2) << "step " << k + 1;
   EXPECT_LT(rows[1].back().at("loss").get<double>(), rows[1].front().at("loss").get<double>() - 0.5);
+}
+
+// The trainer runs `ptrain plan`'s model of memory at start-up: a run that cannot fit the
+// device (here 1.6B fp32 parameters with Adam on the emulated 24 GiB card) is refused before
+// anything is allocated, naming the shortfall and the changes that fit.
+TEST_F(DeviceTraining, StartUpRefusesWhatThePlanSaysCannotFit) {
+  auto dir = fresh_dir("plan_refused");
+  const std::string data = make_data(dir);
+  const fs::path run = dir / "big";
+  launch::RunOptions opt;
+  opt.quiet = true;
+  opt.local_ranks = 1;
+  const std::vector<std::string> big = {"device=cuda", "model.hidden=4096", "model.layers=8", "model.heads=32",
+                                        "model.kv_heads=32", "model.ffn_hidden=11008", "model.vocab_size=32000"};
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    launch::Trainer t(config(yaml(data, run), big), opt);
+    t.run();
+    FAIL() << "a run that does not fit the device must be refused at start-up";
+  } catch (const UserError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("does not fit"), std::string::npos) << m;
+    EXPECT_NE(m.find("--set"), std::string::npos) << "the refusal names changes that fit: " << m;
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0)
+      << "refused before allocating (a 1.6B model would take far longer to build)";
+  EXPECT_FALSE(fs::exists(run));
 }
 
 TEST_F(DeviceTraining, Gpt2Bf16IsBitIdenticalToTheCpu) {

@@ -397,3 +397,32 @@ TEST(PlanCommand, LayoutThatCannotBeBuiltExits2) {
   EXPECT_EQ(m.code, 2);
   EXPECT_NE(m.err.find("--np"), std::string::npos) << m.err;
 }
+
+// The headline (issue 13, point 3): configs/13b.yaml on 4 x RTX 4090 and a 128 GB host fits;
+// with an fp32 optimizer state the host does not and the advice names the compact state;
+// without the offload the cards do not and the advice names the offload. Also 7b on 2 cards.
+TEST(PlanCommand, Llama13bOnFour4090sAnd128GB) {
+  auto plan = [](std::vector<std::string> sets, const char* cfg = "13b.yaml", const char* np = "4") {
+    std::vector<std::string> args = {"plan", "--cfg", config_path(cfg), "--gpu", "rtx4090-24g", "--np", np,
+                                     "--host-mem", "128", "--json"};
+    for (auto& s : sets) {
+      args.push_back("--set");
+      args.push_back(s);
+    }
+    const CliRun r = run_ptrain(args);
+    EXPECT_EQ(r.code, 0) << r.err;
+    return nlohmann::json::parse(r.out);
+  };
+  const auto ok = plan({});
+  EXPECT_TRUE(ok.at("fits").get<bool>());
+  EXPECT_LE(ok.at("host_bytes").get<int64_t>(), 128LL << 30);
+  const auto fp32 = plan({"optim.state=fp32"});
+  EXPECT_FALSE(fp32.at("fits").get<bool>());
+  EXPECT_TRUE(fp32.at("device_fits").get<bool>());
+  EXPECT_FALSE(fp32.at("host_fits").get<bool>());
+  EXPECT_NE(fp32.dump().find("optim.state=8bit"), std::string::npos) << "the advice names the compact state";
+  const auto dev = plan({"train.offload.optimizer=false"});
+  EXPECT_FALSE(dev.at("device_fits").get<bool>());
+  EXPECT_NE(dev.dump().find("train.offload.optimizer=true"), std::string::npos) << "the advice names the offload";
+  EXPECT_TRUE(plan({}, "7b.yaml", "2").at("fits").get<bool>());
+}
