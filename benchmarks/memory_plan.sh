@@ -36,5 +36,8 @@ row "fp32, recompute selective" --set train.recompute=selective
 row "fp32, recompute full" --set train.recompute=full
 row "bf16, recompute none" --set train.precision=bf16
 row "fp32, optimizer offload" --set train.offload.optimizer=true
+row "fp32, activation offload" --set train.offload.activations=true
+row "fp32, activation offload, prefetch 2" --set train.offload.activations=true --set train.offload.prefetch=2
+row "fp32, activation offload, full recompute" --set train.offload.activations=true --set train.recompute=full
 row "bf16, optimizer offload, 8bit state, full recompute" --set train.precision=bf16 --set train.offload.optimizer=true \
     --set optim.state=8bit --set train.recompute=full

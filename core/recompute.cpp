@@ -12,6 +12,8 @@ struct Region {
   RegionKind kind = RegionKind::block;
   std::vector<Tensor> inputs;      ///< kept for the rerun
   std::vector<bool> input_on_tape; ///< input was an activation of the tape (rerun: an alias, watched)
+  /// Inputs that went to the inner hooks when the region's forward ended (null: kept in `inputs`).
+  std::vector<std::shared_ptr<void>> packed_inputs;
   RegionFn fn;
   int64_t saves = 0;               ///< saves made inside the region in forward (kept ones too)
   std::vector<char> live;          ///< per save: dropped, and a handle still needs it
@@ -150,6 +152,7 @@ void RecomputeHooks::recompute(Region& r) {
   std::vector<Tensor> in;
   in.reserve(r.inputs.size());
   for (size_t i = 0; i < r.inputs.size(); ++i) {
+    if (i < r.packed_inputs.size() && r.packed_inputs[i]) r.inputs[i] = inner_->unpack(r.packed_inputs[i]);
     if (r.input_on_tape[i]) {
       Tensor alias = r.inputs[i].view(r.inputs[i].shape());  // same storage, a new identity
       scratch.watch(alias);
@@ -167,6 +170,8 @@ void RecomputeHooks::recompute(Region& r) {
            "deterministic)",
            capture.count, r.saves);
   r.done = true;
+  for (size_t i = 0; i < r.packed_inputs.size(); ++i)
+    if (r.packed_inputs[i]) r.inputs[i] = Tensor();  // the inner hooks' handle keeps what backward still needs
   for (size_t i = 0; i < r.live.size(); ++i)
     if (!r.live[i]) r.replay[i] = Tensor();
 }
@@ -198,6 +203,16 @@ std::vector<Tensor> recompute_region(RegionKind kind, const std::vector<Tensor>&
   {
     Pop pop{policy};
     outs = fn(inputs);
+  }
+  // The region's activation inputs go through the inner hooks too (activation offload moves
+  // them like any kept save): the region holds their handles, not their device memory.
+  if (policy->inner_) {
+    r->packed_inputs.resize(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i)
+      if (r->input_on_tape[i] && !inputs[i].requires_grad()) {
+        r->packed_inputs[i] = policy->inner_->pack(inputs[i]);
+        r->inputs[i] = Tensor();
+      }
   }
   if (kind == RegionKind::activation)
     for (size_t i = 0; i < outs.size(); ++i)

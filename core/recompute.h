@@ -53,7 +53,8 @@ struct Region;
 }
 
 /// The recompute policy of one tape (install with Tape::set_hooks; it must outlive the tape's
-/// backward). `inner` (optional) receives the tensors the policy keeps (e.g. activation offload).
+/// backward). `inner` (optional) receives the tensors the policy keeps, and the activation inputs
+/// of each dropping region once its forward ended (e.g. activation offload: core/activation_offload.h).
 class RecomputeHooks : public SavedTensorHooks {
  public:
   explicit RecomputeHooks(RecomputeMode mode, SavedTensorHooks* inner = nullptr);

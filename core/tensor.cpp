@@ -113,6 +113,22 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device dev) {
   return t;
 }
 
+Tensor Tensor::over(std::shared_ptr<Storage> storage, int64_t offset, Shape shape, DType dtype, Device dev) {
+  PT_CHECK(storage, "Tensor::over: no storage");
+  PT_CHECK(storage->alloc && storage->alloc->device() == dev, "Tensor::over: storage is not on {}", device_name(dev));
+  PT_CHECK(offset >= 0 && static_cast<size_t>(offset + shape_numel(shape)) * element_size(dtype, dev) <= storage->bytes,
+           "Tensor::over: {} elements at offset {} run past a storage of {} bytes", shape_numel(shape), offset,
+           storage->bytes);
+  Tensor t;
+  t.impl_ = std::make_shared<TensorImpl>();
+  t.impl_->storage = std::move(storage);
+  t.impl_->offset = offset;
+  t.impl_->shape = std::move(shape);
+  t.impl_->dtype = dtype;
+  t.impl_->device = dev;
+  return t;
+}
+
 Tensor Tensor::to_device(Device dev) const {
   PT_CHECK(impl_, "to_device on an undefined tensor");
   if (dev == device()) return *this;

@@ -66,6 +66,9 @@ class Tensor {
   static Tensor from_vector(const std::vector<float>& values, Shape shape, DType dtype = DType::f32);
   static Tensor from_vector_i32(const std::vector<int32_t>& values, Shape shape);
   static Tensor from_vector_f64(const std::vector<double>& values, Shape shape);
+  /// A tensor over existing storage (`offset` in elements): what id()->storage, offset, shape
+  /// and dtype describe, rebuilt (activation offload hands restored storages back this way).
+  static Tensor over(std::shared_ptr<Storage> storage, int64_t offset, Shape shape, DType dtype, Device dev);
 
   bool defined() const { return impl_ != nullptr; }
   const Shape& shape() const;

@@ -563,8 +563,13 @@ std::vector<Field> build_fields() {
       KEY(train.threads, nonneg_int(), "CPU threads per rank; 0 = auto (cores / ranks on this node)."),
       KEY(train.tf32, BoolCodec{}, "Allow TF32 tensor cores for fp32 GEMMs on the GPU."),
       KEY(train.offload.activations, BoolCodec{},
-          "device: cuda: offload saved activations to pinned host memory, prefetched one layer ahead. Not "
-          "implemented yet: true is refused at start-up."),
+          "device: cuda: each decoder block's saved activations go to pinned host memory on a copy stream while "
+          "the next blocks run forward, and come back ahead of the block's backward (train.offload.prefetch "
+          "blocks ahead); bit-identical results. Refused on device: cpu."),
+      KEY(train.offload.prefetch, pos_int(),
+          "With train.offload.activations: how many blocks ahead of backward come back from the host (1 = the "
+          "next block's activations copy up while this block's backward runs; more hides slower copies, at the "
+          "cost of device memory)."),
       KEY(train.offload.optimizer, BoolCodec{},
           "device: cuda: keep the fp32 master weights and Adam moments in host memory, updated by the "
           "multithreaded CPU AdamW (bit-identical to the device optimizer); gradients go down as backward makes "

@@ -101,6 +101,7 @@ struct ParallelConfig {
 struct OffloadConfig {
   bool activations = false;                  ///< saved activations to pinned host memory
   bool optimizer = false;                    ///< fp32 master, exp_avg, exp_avg_sq on the host (CPU AdamW)
+  int prefetch = 1;                          ///< blocks ahead of backward that come back from the host
 
   bool operator==(const OffloadConfig&) const = default;
 };

@@ -667,7 +667,8 @@ T unpack(const Saved& h) {
 /// done, and come back when backward reaches block b+1 (one block ahead).
 class Policy final : public Hooks {
  public:
-  Policy(Sim& s, Recompute mode, bool offload) : sim_(s), mode_(mode), offload_(offload) {}
+  /// offload: 0 = off, else the prefetch depth (train.offload.prefetch).
+  Policy(Sim& s, Recompute mode, int offload) : sim_(s), mode_(mode), offload_(offload > 0), prefetch_(offload) {}
 
   bool drops(RegionKind k) const {
     switch (mode_) {
@@ -717,7 +718,7 @@ class Policy final : public Hooks {
   void before_entry(int block) override {
     if (!offload_ || block < 0 || block == last_block_) return;
     last_block_ = block;
-    for (int b : {block, block - 1}) {
+    for (int b = block; b >= block - prefetch_; --b) {
       auto it = groups_.find(b);
       if (it == groups_.end()) continue;
       for (auto& w : it->second)
@@ -745,6 +746,7 @@ class Policy final : public Hooks {
   Sim& sim_;
   Recompute mode_;
   bool offload_;
+  int prefetch_;
   int last_block_ = -1;
   std::map<int, std::vector<std::weak_ptr<Buf>>> groups_;
 };
@@ -1467,7 +1469,7 @@ class SModel {
 class SStage {
  public:
   SStage(Sim& s, SModel& m, const Dims& d, std::vector<std::vector<int>> chunks, bool first, bool last,
-         Recompute mode, bool offload)
+         Recompute mode, int offload)
       : s_(s), m_(m), d_(d), chunks_(std::move(chunks)), first_(first), last_(last), mode_(mode), offload_(offload) {}
 
   void set_batch(T inputs, T targets, int64_t micro) {
@@ -1563,7 +1565,7 @@ class SStage {
   std::vector<std::vector<int>> chunks_;
   bool first_, last_;
   Recompute mode_;
-  bool offload_;
+  int offload_;  // 0 = off, else the prefetch depth
   T inputs_, targets_;
   int64_t micro_ = 1;
   std::map<std::pair<int, int>, Pass> passes_;
@@ -1687,7 +1689,8 @@ StageResult simulate_stage(const Config& cfg, int world, const GpuSpec& gpu, int
     if (flats.size() > 2) flats.resize(2);
   }
 
-  SStage stage(sim, model, d, chunks, first, last, cfg.train.recompute, cfg.train.offload.activations);
+  SStage stage(sim, model, d, chunks, first, last, cfg.train.recompute,
+               cfg.train.offload.activations ? cfg.train.offload.prefetch : 0);
   const int64_t Tn = cfg.train.seq_len, mb = cfg.train.micro_batch, local = cfg.train.global_batch / dp;
   const int S = pp * v;
   std::vector<BufP> moments;
@@ -1921,10 +1924,6 @@ MemoryPlan plan_memory(const Config& cfg, int world, const GpuSpec& gpu, int64_t
 
 namespace {
 
-/// The trainer refuses train.offload.activations: true until the copy-stream offload lands
-/// (Trainer::check_memory_features); the model of memory models it, advice waits for it.
-constexpr bool kActivationOffloadLanded = false;
-
 /// Alternatives of one kind of change, cheapest first (the first that fits is taken).
 using Family = std::vector<std::vector<std::string>>;
 
@@ -1934,7 +1933,7 @@ std::vector<Family> candidate_families(const Config& c, int world, const MemoryP
   if (t.recompute == Recompute::none) fam.push_back({{"train.recompute=selective"}});
   if (t.recompute != Recompute::full) fam.push_back({{"train.recompute=full"}});
   if (!t.offload.optimizer) fam.push_back({{"train.offload.optimizer=true"}});
-  if (!t.offload.activations && kActivationOffloadLanded) fam.push_back({{"train.offload.activations=true"}});
+  if (!t.offload.activations) fam.push_back({{"train.offload.activations=true"}});
   {
     Family f;
     for (int mb = t.micro_batch - 1; mb >= 1; --mb)

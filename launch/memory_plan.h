@@ -25,8 +25,8 @@
 //    probabilities and the activation functions' outputs (rerun in backward), full keeps each
 //    block's input only and reruns the whole block inside its backward;
 //  * train.offload.activations: the saves of a block go to pinned host memory once the next
-//    block's forward is done, and come back one block ahead of backward (~2 blocks' worth on
-//    the device);
+//    block's forward is done, and come back train.offload.prefetch blocks ahead of backward
+//    (core/activation_offload.h; ~prefetch + 1 blocks' worth on the device);
 //  * transients: logits and their gradient, activation gradients, kernel scratch (attention,
 //    norms, embedding backward, gradient norm), the optimizer's descriptor table, token
 //    tensors, RoPE tables, pipeline receive buffers, data-parallel gradient buckets (two in

@@ -4,13 +4,14 @@
 namespace ptrain::launch {
 
 ModelStage::ModelStage(layers::CausalLM& model, std::vector<std::vector<int>> chunk_blocks, bool first, bool last,
-                       DType grad_dtype, RecomputeMode recompute)
+                       DType grad_dtype, RecomputeMode recompute, int offload_prefetch)
     : model_(model),
       chunks_(std::move(chunk_blocks)),
       first_(first),
       last_(last),
       grad_dtype_(grad_dtype),
-      recompute_(recompute) {
+      recompute_(recompute),
+      offload_prefetch_(offload_prefetch) {
   PT_CHECK(!chunks_.empty(), "a pipeline stage needs at least one chunk");
 }
 
@@ -46,10 +47,16 @@ Shape ModelStage::input_shape(int) const {
   return {rows, s.hidden};
 }
 
-Tensor ModelStage::run_chunk(int chunk, const Tensor& input, const Tensor& ids, const Tensor& targets, double weight) {
+Tensor ModelStage::run_chunk(int chunk, const Tensor& input, const Tensor& ids, const Tensor& targets, double weight,
+                             ActivationOffload* offload) {
   const layers::ForwardCtx ctx = model_.make_ctx(ids.dim(0), ids.dim(1));
   Tensor h = is_first(chunk) ? model_.embed(ids, ctx) : input;
-  for (int b : chunks_[static_cast<size_t>(chunk)]) h = model_.block(b, h, ctx);
+  const std::vector<int>& blocks = chunks_[static_cast<size_t>(chunk)];
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (offload) offload->begin_block();
+    h = model_.block(blocks[i], h, ctx);
+    if (offload) offload->end_block(i + 1 == blocks.size());
+  }
   if (!is_last(chunk)) return h;
   return model_.loss_from_logits(model_.head(h, ctx), targets, weight);
 }
@@ -57,8 +64,9 @@ Tensor ModelStage::run_chunk(int chunk, const Tensor& input, const Tensor& ids, 
 Tensor ModelStage::forward(int chunk, int micro, const Tensor& input) {
   Pass p;
   p.tape = std::make_unique<Tape>(grad_dtype_);
-  if (recompute_ != RecomputeMode::none) {
-    p.hooks = std::make_unique<RecomputeHooks>(recompute_);
+  if (offload_prefetch_ > 0) p.offload = ActivationOffload::create(offload_prefetch_);
+  if (recompute_ != RecomputeMode::none || p.offload) {
+    p.hooks = std::make_unique<RecomputeHooks>(recompute_, p.offload.get());
     p.tape->set_hooks(p.hooks.get());
   }
   TapeGuard guard(p.tape.get());
@@ -67,7 +75,8 @@ Tensor ModelStage::forward(int chunk, int micro, const Tensor& input) {
     p.input = input;
     p.tape->watch(p.input);
   }
-  Tensor out = run_chunk(chunk, p.input, micro_rows(inputs_, micro), micro_rows(targets_, micro), weight_);
+  Tensor out =
+      run_chunk(chunk, p.input, micro_rows(inputs_, micro), micro_rows(targets_, micro), weight_, p.offload.get());
   Tensor result;
   if (is_last(chunk)) {
     p.loss = out;

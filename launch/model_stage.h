@@ -6,7 +6,9 @@
 // (chunk, micro-batch) lives from its forward to its backward (or to its deferred weight
 // gradients under zero-bubble), so the memory a schedule keeps is exactly its in-flight
 // micro-batches. The stage knows nothing of the schedule: the schedule calls it. With a
-// recompute mode other than none each tape gets a RecomputeHooks policy (core/recompute.h).
+// recompute mode other than none each tape gets a RecomputeHooks policy (core/recompute.h);
+// with activation offload (offload_prefetch > 0, device tensors) an ActivationOffload
+// (core/activation_offload.h) as its inner policy, told where each decoder block begins and ends.
 //
 // Invariants:
 //  * set_batch() is called before a step's schedule runs; micro-batch m is rows
@@ -21,6 +23,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/activation_offload.h"
 #include "core/autograd.h"
 #include "core/recompute.h"
 #include "layers/model.h"
@@ -33,7 +36,7 @@ class ModelStage : public parallel::Stage {
   /// chunk_blocks[c]: the blocks of local chunk c; first/last: whether chunk 0 is global stage 0
   /// and whether chunk v-1 is the last global stage.
   ModelStage(layers::CausalLM& model, std::vector<std::vector<int>> chunk_blocks, bool first, bool last,
-             DType grad_dtype, RecomputeMode recompute = RecomputeMode::none);
+             DType grad_dtype, RecomputeMode recompute = RecomputeMode::none, int offload_prefetch = 0);
 
   /// The step's tokens [local_batch, T] (i32), micro-batch size, loss weight and loss scale.
   void set_batch(Tensor inputs, Tensor targets, int64_t micro, double weight, double loss_scale);
@@ -55,11 +58,13 @@ class ModelStage : public parallel::Stage {
 
  private:
   struct Pass {
+    std::unique_ptr<ActivationOffload> offload;  ///< inner policy of `hooks` (outlives both)
     std::unique_ptr<RecomputeHooks> hooks;  ///< the tape's recompute policy (outlives the tape)
     std::unique_ptr<Tape> tape;
     Tensor input, output, loss;
   };
-  Tensor run_chunk(int chunk, const Tensor& input, const Tensor& ids, const Tensor& targets, double weight);
+  Tensor run_chunk(int chunk, const Tensor& input, const Tensor& ids, const Tensor& targets, double weight,
+                   ActivationOffload* offload = nullptr);
   bool is_first(int chunk) const { return first_ && chunk == 0; }
   bool is_last(int chunk) const { return last_ && chunk == num_chunks() - 1; }
   Tensor micro_rows(const Tensor& t, int micro) const;
@@ -69,6 +74,7 @@ class ModelStage : public parallel::Stage {
   bool first_, last_;
   DType grad_dtype_;
   RecomputeMode recompute_;
+  int offload_prefetch_;
   Tensor inputs_, targets_;
   int64_t micro_ = 1, micro_batches_ = 1;
   double weight_ = 1, loss_scale_ = 1;

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "core/activation_offload.h"
 #include "core/autograd.h"
 #include "core/cpu/threading.h"
 #if PTRAIN_HAVE_CUDA
@@ -199,10 +200,6 @@ void Trainer::check_memory_features() const {
                 "the CPU AdamW in host memory; the device kernels take fp32 state only). HINT: set "
                 "train.offload.optimizer: true, or optim.state: fp32",
                 to_string(cfg_.optim.state));
-  PT_USER_CHECK(!off.activations,
-                "train.offload.activations: true is not implemented yet (the copy-stream offload of saved activations "
-                "is still to land). HINT: set train.offload.activations: false and use train.recompute: full, which "
-                "keeps only each block's input");
 }
 
 void Trainer::check_inputs() {
@@ -324,6 +321,7 @@ void Trainer::setup() {
 #if PTRAIN_HAVE_CUDA
   if (device_ == Device::cuda) cuda::device_allocator().reset_peak();
 #endif
+  reset_activation_offload_stats();
   const std::string& dir = cfg_.checkpoint.dir;
   const int64_t T = cfg_.train.seq_len, G = cfg_.train.global_batch;
   const std::optional<int64_t> latest = latest_;
@@ -408,7 +406,8 @@ void Trainer::setup() {
     }
   }
   stage_ = std::make_unique<ModelStage>(*model_, chunk_blocks_, grid_->first_stage(), grid_->last_stage(),
-                                        cfg_.train.grad_dtype, recompute_mode(cfg_.train.recompute));
+                                        cfg_.train.grad_dtype, recompute_mode(cfg_.train.recompute),
+                                        cfg_.train.offload.activations ? cfg_.train.offload.prefetch : 0);
   if (g.dp > 1) {
     std::vector<Tensor> grads;
     for (auto& p : params_) grads.push_back(p.grad);
@@ -925,11 +924,17 @@ void Trainer::log_step(int64_t step, double loss, double secs, double val_loss, 
     r.add("mem_allocated_bytes", mem.allocated).add("mem_peak_bytes", mem.peak);
     if (reserved >= 0) r.add("mem_reserved_bytes", reserved);
     r.add("host_resident_bytes", host_rss);
+    if (cfg_.train.offload.activations) {  // this step's copies and the pinned bytes they needed at most
+      const ActivationOffloadStats st = activation_offload_stats();
+      r.add("offload_down_bytes", st.bytes_down).add("offload_up_bytes", st.bytes_up);
+      r.add("offload_host_peak_bytes", st.host_peak_bytes).add("offload_compute_waits", st.compute_waits);
+    }
     if (std::isfinite(val_loss)) r.add("val_loss", val_loss);
     if (spec_.dtype == DType::f16) r.add("loss_scale", scaler_.scale()).add("skipped", skipped);
     if (sched_.pp > 1) r.add("bubble", last_bubble_).add("bubble_theory", parallel::theoretical_bubble(sched_));
     metrics_->write(r);
   }
+  if (cfg_.train.offload.activations) reset_activation_offload_stats();  // the figures are per step
   if (opt_.rank != 0 || opt_.quiet) return;
   if (cfg_.train.log_every > 0 && (step % cfg_.train.log_every == 0 || step == cfg_.train.steps || std::isfinite(val_loss))) {
     const double avg = elapsed_ / static_cast<double>(std::max<int64_t>(1, timed_steps_));
@@ -964,6 +969,7 @@ int Trainer::run() {
     if (step == trace_step) {
       grid_->world().barrier();  // aligns the ranks' clocks (t = 0 at the barrier)
       timeline_.start();
+      if (cfg_.train.offload.activations) activation_offload_trace_start(timeline_.now_us());
     }
     const auto t0 = Clock::now();
     const int64_t applied_before = adam_->step_count();
@@ -973,6 +979,8 @@ int Trainer::run() {
     ++timed_steps_;
     const bool skipped = adam_->step_count() == applied_before;
     if (step == trace_step) {
+      if (cfg_.train.offload.activations)  // the copies and the compute stream's waits, on their own track
+        for (const DeviceSpan& d : activation_offload_trace_collect()) timeline_.add(d.name, "offload", d.start_us, d.end_us);
       timeline_.stop();
       const auto& c = grid_->coord();
       parallel::write_chrome_trace(timeline_, grid_->world(),

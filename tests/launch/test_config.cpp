@@ -447,7 +447,7 @@ TEST(Config, JsonAndYamlRoundTrip) {
   c.train.log_every = 3;
   c.train.threads = 6;
   c.train.tf32 = true;
-  c.train.offload = {true, true};
+  c.train.offload = {true, true, 3};
   c.optim = {Optimizer::adamw, 1.234e-4, 1.1e-5, 7, LrSchedule::constant, {0.85, 0.975}, 1e-7, 0.01, 0.5, 1,
              {1024.0, 100}, OptimState::int8};
   c.data = {"d/x.h5", false, std::nullopt};
@@ -459,6 +459,7 @@ TEST(Config, JsonAndYamlRoundTrip) {
   EXPECT_EQ(j["parallel"]["schedule"], "interleaved");
   EXPECT_EQ(j["train"]["precision"], "fp16");
   EXPECT_EQ(j["train"]["offload"]["optimizer"], true);
+  EXPECT_EQ(j["train"]["offload"]["prefetch"], 3);
   EXPECT_EQ(j["optim"]["betas"], nlohmann::json({0.85, 0.975}));
   EXPECT_EQ(j["optim"]["loss_scale"]["growth_interval"], 100);
   EXPECT_TRUE(j["data"]["val_path"].is_null());
@@ -506,7 +507,8 @@ TEST(Config, KeysAreTheContract) {
       "parallel.stage_layers", "train.seq_len", "train.micro_batch", "train.global_batch", "train.steps",
       "train.seed", "train.precision", "train.grad_dtype", "train.recompute", "train.init_from",
       "train.eval_every", "train.eval_batches", "train.val_fraction", "train.log_every", "train.threads",
-      "train.tf32", "train.offload.activations", "train.offload.optimizer", "optim.name", "optim.lr",
+      "train.tf32", "train.offload.activations", "train.offload.prefetch", "train.offload.optimizer", "optim.name",
+      "optim.lr",
       "optim.min_lr", "optim.warmup_steps", "optim.schedule", "optim.betas", "optim.eps", "optim.weight_decay",
       "optim.grad_clip", "optim.zero", "optim.state", "optim.loss_scale.initial", "optim.loss_scale.growth_interval",
       "data.path", "data.shuffle", "data.val_path", "checkpoint.dir", "checkpoint.every", "checkpoint.keep",

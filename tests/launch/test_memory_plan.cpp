@@ -299,6 +299,8 @@ TEST(MemoryPlan, CalibrationAgainstTheEmulatedDevice) {
       {"train.recompute=selective"},
       {"train.recompute=full"},
       {"train.recompute=none", "train.offload.optimizer=true", "train.precision=bf16"},
+      {"train.recompute=none", "train.offload.activations=true"},
+      {"train.recompute=full", "train.offload.activations=true", "train.offload.prefetch=2"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     std::vector<std::string> sets = cases[i];
