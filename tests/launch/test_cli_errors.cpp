@@ -527,7 +527,7 @@ TEST_F(CliErrors, UnknownMlp) {
 }
 
 // Memory features (issue 13): a value out of range is refused by the config; offload on the CPU
-// and the offloads not built yet refuse at start-up, before the run directory exists.
+// refuses at start-up, before the run directory exists.
 TEST_F(CliErrors, RecomputeValueOutOfRange) {
   expect_bad_input(train_with_sets("recompute_bad", {"train.recompute=partial"}),
                    {"train.recompute", "partial", "selective", "full"});
@@ -542,6 +542,8 @@ TEST_F(CliErrors, OffloadOnTheCpuIsRefused) {
                    {"train.offload.optimizer", "device: cuda"});
   expect_untouched_run_dir("offload_opt_cpu");
   expect_bad_input(train_with_sets("offload_not_bool", {"train.offload.optimizer=maybe"}), {"train.offload.optimizer"});
+  expect_bad_input(train_with_sets("offload_prefetch_0", {"train.offload.prefetch=0"}), {"train.offload.prefetch"});
+  expect_untouched_run_dir("offload_prefetch_0");
 }
 
 TEST_F(CliErrors, OptimizerStateOutOfRangeOrWithFp16) {
