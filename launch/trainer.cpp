@@ -412,9 +412,13 @@ void Trainer::setup() {
     std::vector<Tensor> grads;
     for (auto& p : params_) grads.push_back(p.grad);
     reducer_ = std::make_unique<parallel::GradReducer>(grads, grid_->dp());
+  }
+  if (reducer_ || offload_) {  // a final gradient starts its bucket's all-reduce / its host update
     stage_->set_grad_ready_hook([this](const Tensor& t) {
       auto it = param_index_.find(t.id());
-      if (it != param_index_.end()) reducer_->mark_ready(it->second);
+      if (it == param_index_.end()) return;
+      if (reducer_) reducer_->mark_ready(it->second);
+      if (offload_) offload_->grad_ready(it->second);
     });
   }
   sched_.kind = static_cast<parallel::ScheduleKind>(cfg_.parallel.schedule);
@@ -787,10 +791,12 @@ double Trainer::grad_norm(double loss_scale) {
   return std::sqrt(ss / (loss_scale * loss_scale));
 }
 
-void Trainer::optimizer_step(double lr, double grad_scale) {
+void Trainer::optimizer_step(double lr, double grad_scale, bool started) {
   {
     parallel::Timeline::Scope span(&timeline_, "optimizer", "optimizer");
-    if (offload_)  // gradient down, host update, weights up: parameter by parameter
+    if (offload_ && started)  // the updates began in backward: the rest, then wait for all
+      offload_->finish(grad_scale);
+    else if (offload_)  // gradient down, host update, weights up: pipelined over the slots
       offload_->step(*adam_, lr, grad_scale, !zero_);
     else
       adam_->step(lr, grad_scale);  // also writes the low-precision weights (ParamRef::model)
@@ -828,6 +834,11 @@ double Trainer::train_step(int64_t s) {
   const double weight = 1.0 / static_cast<double>(G * T);
   stage_->set_batch(tokens(in, {local, T}), tokens(tg, {local, T}), micro_, weight, loss_scale);
   if (reducer_) reducer_->begin_step();
+  // Offloaded optimizer: with nothing to wait for (no clipping, no fp16 loss scale, no ZeRO
+  // gather) each parameter's host update starts from backward as its gradient is final.
+  const bool eager = offload_ && !fp16 && !zero_ && !(cfg_.optim.grad_clip > 0);
+  const double lr = schedule_.at(adam_->step_count());
+  if (eager) offload_->begin_step(*adam_, lr, true);
   const auto stats = parallel::run_schedule(sched_, *stage_, grid_->pp(), &timeline_);
   sync_grads();
   // the loss: Σ over micro-batches on the last stage, one TP rank per DP replica, summed over DP
@@ -855,8 +866,8 @@ double Trainer::train_step(int64_t s) {
   }
   // unscale and clip in the optimizer's read of the gradients: g * (float)(coef / scale), with
   // coef / scale exact (a power-of-two scale), so the same as unscaling, then clipping
-  last_lr_ = schedule_.at(adam_->step_count());
-  optimizer_step(last_lr_, optim::clip_coefficient(norm, cfg_.optim.grad_clip) / loss_scale);
+  last_lr_ = lr;
+  optimizer_step(last_lr_, optim::clip_coefficient(norm, cfg_.optim.grad_clip) / loss_scale, eager);
   return loss_sum;
 }
 
@@ -929,6 +940,11 @@ void Trainer::log_step(int64_t step, double loss, double secs, double val_loss, 
       r.add("offload_down_bytes", st.bytes_down).add("offload_up_bytes", st.bytes_up);
       r.add("offload_host_peak_bytes", st.host_peak_bytes).add("offload_compute_waits", st.compute_waits);
     }
+    if (offload_) {  // the host AdamW: this step's update time, and how much of it ran during backward
+      const auto& st = offload_->stats();
+      r.add("opt_host_update_s", st.update_s).add("opt_host_hidden_s", st.hidden_s);
+      r.add("opt_down_bytes", st.bytes_down).add("opt_up_bytes", st.bytes_up).add("opt_early_params", st.early);
+    }
     if (std::isfinite(val_loss)) r.add("val_loss", val_loss);
     if (spec_.dtype == DType::f16) r.add("loss_scale", scaler_.scale()).add("skipped", skipped);
     if (sched_.pp > 1) r.add("bubble", last_bubble_).add("bubble_theory", parallel::theoretical_bubble(sched_));
@@ -981,6 +997,13 @@ int Trainer::run() {
     if (step == trace_step) {
       if (cfg_.train.offload.activations)  // the copies and the compute stream's waits, on their own track
         for (const DeviceSpan& d : activation_offload_trace_collect()) timeline_.add(d.name, "offload", d.start_us, d.end_us);
+    if (offload_) {  // the host AdamW's updates (the worker thread), on their own track
+      const double now = timeline_.now_us();
+      const auto tnow = Clock::now();
+      auto us = [&](Clock::time_point t) { return now - std::chrono::duration<double, std::micro>(tnow - t).count(); };
+      for (const auto& sp : offload_->stats().spans)
+        timeline_.add("adam " + params_[sp.param].name, "host adam", us(sp.start), us(sp.end));
+    }
       timeline_.stop();
       const auto& c = grid_->coord();
       parallel::write_chrome_trace(timeline_, grid_->world(),

@@ -110,8 +110,9 @@ class Trainer {
   void sync_grads();
   /// Pre-clip global norm of the unscaled gradients (they still carry `loss_scale`).
   double grad_norm(double loss_scale);
-  /// AdamW at `lr` reading grad * grad_scale; ZeRO-1 then all-gathers the masters.
-  void optimizer_step(double lr, double grad_scale);
+  /// AdamW at `lr` reading grad * grad_scale; ZeRO-1 then all-gathers the masters. `started`:
+  /// the offloaded optimizer's updates began in backward (HostOffload eager mode).
+  void optimizer_step(double lr, double grad_scale, bool started = false);
   /// Full local moments of parameter i (ZeRO-1: gathered over DP; else the optimizer's own).
   int64_t zero_shard_in_full(const TrainParam& p, const Shape& full) const;
   std::pair<Tensor, Tensor> full_moments(size_t i);

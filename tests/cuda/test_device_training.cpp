@@ -325,6 +325,56 @@ TEST_F(DeviceTraining, OptimizerOffloadIsBitIdenticalToTheDeviceOptimizer) {
   }
 }
 
+// The offloaded optimizer's eager mode (optim/offload.h): with no gradient clipping (and no
+// fp16 loss scale) each parameter's host update starts from backward, as soon as its gradient
+// is final, over the staging slots and the copy stream; the run stays bit-identical to the
+// device optimizer's (fp32 and bf16, with full recompute and activation offload on top), every
+// parameter is sent from backward, some of the host update runs before backward ends, and the
+// trace shows the updates on their own track.
+TEST_F(DeviceTraining, OptimizerOffloadUpdatesDuringBackward) {
+  const auto& r = match_runs();
+  const fs::path dir = fresh_dir("eager");
+  for (const std::string prec : {"fp32", "bf16"}) {
+    auto base = r.sets("cuda", prec);
+    base.push_back("optim.grad_clip=0");
+    const fs::path ref = dir / ("device_" + prec);
+    ASSERT_EQ(train(yaml(r.data, ref), false, base), 0) << prec;
+    const auto want = metrics(ref);
+    ASSERT_EQ(want.size(), 20u);
+    for (const std::string extra : {"none", "full+activations"}) {
+      auto sets = base;
+      sets.push_back("train.offload.optimizer=true");
+      if (extra != "none") {
+        sets.push_back("train.recompute=full");
+        sets.push_back("train.offload.activations=true");
+      }
+      const fs::path run = dir / ("offload_" + prec + "_" + extra);
+      ASSERT_EQ(train(yaml(r.data, run), false, sets), 0) << prec << " " << extra;
+      const auto got = metrics(run);
+      ASSERT_EQ(got.size(), 20u);
+      double hidden = 0, update = 0;
+      for (size_t k = 0; k < 20; ++k) {
+        EXPECT_EQ(got[k].at("loss").get<double>(), want[k].at("loss").get<double>()) << prec << " " << extra << " step " << k + 1;
+        EXPECT_EQ(got[k].at("grad_norm").get<double>(), want[k].at("grad_norm").get<double>()) << prec << " step " << k + 1;
+        if (want[k].contains("val_loss")) EXPECT_EQ(got[k].at("val_loss").get<double>(), want[k].at("val_loss").get<double>());
+        EXPECT_EQ(got[k].at("opt_early_params").get<int64_t>(), 2 * 9 + 3) << "every parameter sent from backward";
+        EXPECT_GT(got[k].at("opt_down_bytes").get<int64_t>(), 0);
+        EXPECT_GT(got[k].at("opt_up_bytes").get<int64_t>(), 0);
+        hidden += got[k].at("opt_host_hidden_s").get<double>();
+        update += got[k].at("opt_host_update_s").get<double>();
+        EXPECT_LE(got[k].at("opt_host_hidden_s").get<double>(), got[k].at("opt_host_update_s").get<double>());
+      }
+      EXPECT_GT(hidden, 0) << prec << " " << extra << ": no host update ran during backward";
+      std::printf("eager offload %s %s: host update %.4f s over 20 steps, %.4f s of it before backward ended\n",
+                  prec.c_str(), extra.c_str(), update, hidden);
+      std::ifstream in(run / "trace.json");
+      const std::string trace((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      EXPECT_NE(trace.find("\"host adam\""), std::string::npos);
+      EXPECT_NE(trace.find("adam model.embed_tokens.weight"), std::string::npos);
+    }
+  }
+}
+
 // optim.state 8bit on the device: refused without optimizer offload (the device kernels take
 // fp32 state), trained by the host AdamW with it: the same bits as the CPU's 8bit run for the
 // first steps (bf16, where the emulated device matches the CPU bit for bit), and the loss falls.
