@@ -19,6 +19,7 @@
 // with the emulated device's allocator).
 #include "launch/memory_plan.h"
 #include "optim/compact_state.h"
+#include "optim/offload.h"
 
 #include <algorithm>
 #include <array>
@@ -1897,7 +1898,10 @@ MemoryPlan plan_memory(const Config& cfg, int world, const GpuSpec& gpu, int64_t
     if (off) {
       h.master = times(elems, sb.master);
       h.moments = times(s.zero_numel, sb.moments);
-      h.grad_staging = max_local * 4;  // optim/offload.h: one staging buffer, the largest gradient (host floats)
+      // optim/offload.h: per staging slot, the largest parameter's staged gradient (host floats)
+      // and its pinned download (gradient dtype) and upload (weights dtype) buffers
+      const int64_t per = 4 + element_size(cfg.train.grad_dtype, Device::cuda) + element_size(cfg.train.precision, Device::cuda);
+      h.grad_staging = optim::kOffloadSlots * max_local * per;
     }
     h.activations = s.host_activations;
     // Trainer::save_checkpoint: write_rank_file copies device tensors down (and decodes 8-bit

@@ -111,7 +111,7 @@ struct DeviceBreakdown {
 
 struct HostBreakdown {
   int64_t master = 0, moments = 0;   ///< offloaded optimizer state
-  int64_t grad_staging = 0;          ///< the offloaded optimizer's host copy of every gradient (4 B each)
+  int64_t grad_staging = 0;          ///< the offloaded optimizer's staging slots (optim/offload.h)
   int64_t activations = 0;           ///< peak of pinned offloaded activations
   int64_t checkpoint_staging = 0;    ///< host copies of device tensors while a checkpoint is written
   int64_t init_staging = 0;          ///< train.init_from's full-shape fp32 buffers (while loading)

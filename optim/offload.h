@@ -61,6 +61,10 @@ namespace ptrain::optim {
 
 class AdamW;
 
+/// The trainer's staging slots (the memory plan counts them): two let one parameter's copies
+/// overlap another's update.
+inline constexpr int kOffloadSlots = 2;
+
 class HostOffload {
  public:
   /// For each parameter: its device weights and gradient. Allocates the host masters (zeros,
@@ -68,7 +72,7 @@ class HostOffload {
   /// and the copy stream; starts the worker thread (it runs the AdamW with this thread's
   /// OpenMP thread count).
   HostOffload(const std::vector<Tensor>& device_weights, const std::vector<Tensor>& device_grads,
-              DType master_dtype = DType::f32, int slots = 2);
+              DType master_dtype = DType::f32, int slots = kOffloadSlots);
   ~HostOffload();
   HostOffload(const HostOffload&) = delete;
   HostOffload& operator=(const HostOffload&) = delete;
