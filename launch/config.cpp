@@ -571,9 +571,10 @@ std::vector<Field> build_fields() {
           "next block's activations copy up while this block's backward runs; more hides slower copies, at the "
           "cost of device memory)."),
       KEY(train.offload.optimizer, BoolCodec{},
-          "device: cuda: keep the fp32 master weights and Adam moments in host memory, updated by the "
-          "multithreaded CPU AdamW (bit-identical to the device optimizer); gradients go down as backward makes "
-          "them final. Refused on device: cpu."),
+          "device: cuda: keep the master weights and Adam moments in host memory, updated by the multithreaded "
+          "CPU AdamW (bit-identical to the device optimizer); gradients go down and weights up on a copy stream "
+          "through two pinned staging slots. With optim.grad_clip: 0 (and no fp16) each parameter's update starts "
+          "in backward as its gradient is final; with clipping it waits for the global norm. Refused on device: cpu."),
       // ---- optim
       KEY(optim.name, choice(kOptimizers), "Optimizer: adamw (PyTorch semantics, decoupled weight decay)."),
       KEY(optim.lr, number(Bound::positive), "Peak learning rate, reached at the end of warmup."),
