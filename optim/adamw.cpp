@@ -302,8 +302,7 @@ void AdamW::update_compact(double lr, double grad_scale, size_t first, size_t la
         adamw_chunk<true>(pb, g + b0, mb, vb, n, s, gs);
       else
         adamw_chunk<false>(pb, g + b0, mb, vb, n, s, gs);
-      for (int64_t e = 0; e < n; ++e)
-        p[b0 + e] = stochastic_round_bf16(pb[e], static_cast<uint32_t>(random_u64(key, static_cast<uint64_t>(b0 + e))));
+      stochastic_round_bf16_stream(key, static_cast<uint64_t>(b0), pb, p + b0, n);
       if (quantized_[i]) {
         qm_[i].encode_block(signed_map(), b0 / kQuantBlock, mb);
         for (int64_t e = 0; e < n; ++e) vb[e] = std::sqrt(vb[e]);

@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
+#include "core/rng.h"
 
 namespace ptrain::optim {
 
@@ -38,16 +40,27 @@ QuantMap build(bool is_signed) {
   QuantMap map;
   for (size_t i = 0; i < 256; ++i) map.code[i] = static_cast<float>(v[i]);
   for (size_t i = 0; i < 255; ++i) map.mid[i] = (map.code[i] + map.code[i + 1]) * 0.5f;
+  map.mid[255] = std::numeric_limits<float>::infinity();
+  const auto search = [&](float v) {
+    return static_cast<int>(std::lower_bound(map.mid.begin(), map.mid.begin() + 255, v) - map.mid.begin());
+  };
+  for (uint32_t h = 0; h < 65536; ++h) {
+    // the bucket's smallest and largest values: low bits 0 / all ones for a positive float, the
+    // other way round for a negative one (a NaN bucket: NaN compares false, so index 0 and no
+    // step, as lower_bound gives)
+    const bool neg = (h & 0x8000u) != 0;
+    const uint32_t lo_bits = (h << 16) | (neg ? 0xffffu : 0u), hi_bits = (h << 16) | (neg ? 0u : 0xffffu);
+    float lo, hi;
+    std::memcpy(&lo, &lo_bits, 4);
+    std::memcpy(&hi, &hi_bits, 4);
+    const int first = search(lo);
+    map.start[h] = static_cast<uint8_t>(first);
+    if (!std::isnan(lo)) map.steps = std::max(map.steps, search(hi) - first);
+  }
   return map;
 }
 
 }  // namespace
-
-uint8_t QuantMap::encode(float v) const {
-  // the first midpoint above v: codes below it are nearer
-  const auto it = std::lower_bound(mid.begin(), mid.end(), v);
-  return static_cast<uint8_t>(it - mid.begin());
-}
 
 const QuantMap& signed_map() {
   static const QuantMap m = build(true);
@@ -56,6 +69,29 @@ const QuantMap& signed_map() {
 const QuantMap& unsigned_map() {
   static const QuantMap m = build(false);
   return m;
+}
+
+void stochastic_round_bf16_stream(const std::array<uint32_t, 2>& key, uint64_t first, const float* in, float* out,
+                                  int64_t n) {
+  constexpr int64_t kBlocks = 256;  // Philox blocks per pass: 2048 elements
+  uint32_t words[4 * kBlocks];
+  for (int64_t done = 0; done < n;) {
+    const uint64_t at = first + static_cast<uint64_t>(done), j0 = at >> 3;
+    const int64_t skip = static_cast<int64_t>(at & 7u);  // elements of block j0 before `at`
+    const int64_t count = std::min<int64_t>(n - done, 8 * kBlocks - skip);
+    const int64_t blocks = (skip + count + 7) / 8;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint64_t j = j0 + static_cast<uint64_t>(b);
+      const PhiloxCounter r = philox4x32({static_cast<uint32_t>(j), static_cast<uint32_t>(j >> 32), 0u, 0u}, key);
+      for (int w = 0; w < 4; ++w) words[4 * b + w] = r[static_cast<size_t>(w)];
+    }
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t piece = skip + k;  // 16-bit piece `piece` of the words: word piece / 2, half piece % 2
+      const uint32_t r16 = (words[piece >> 1] >> (16 * (piece & 1))) & 0xffffu;
+      out[done + k] = stochastic_round_bf16(in[done + k], r16);
+    }
+    done += count;
+  }
 }
 
 void Quantized::resize(int64_t n) {

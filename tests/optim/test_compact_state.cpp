@@ -4,6 +4,7 @@
 // keeps the master on the bf16 grid, stays close to the fp32 step, and takes the bytes it says.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -70,6 +71,54 @@ TEST(CompactState, MapsAreSortedAndHoldTheExactEnds) {
   const float a = m.code[200], b = m.code[201];
   EXPECT_EQ(m.encode(a + 0.49f * (b - a)), 200);
   EXPECT_EQ(m.encode(a + 0.51f * (b - a)), 201);
+}
+
+// encode() walks from a per-bucket start instead of a binary search: it must give exactly the
+// binary search's answer (the first midpoint >= v) for every value: each midpoint and its two
+// float neighbours, both ends of every one of the 65536 buckets, and a million random values of
+// [-1, 1] spread over seven decades.
+TEST(CompactState, EncodeIsExactlyTheNearestCodeSearch) {
+  const PhiloxKey key = make_key(5, "encode");
+  for (const QuantMap* m : {&signed_map(), &unsigned_map()}) {
+    auto reference = [&](float v) {
+      return static_cast<int>(std::lower_bound(m->mid.begin(), m->mid.begin() + 255, v) - m->mid.begin());
+    };
+    std::vector<float> probe = {0.0f, -0.0f, 1.0f, -1.0f, 1e-30f, -1e-30f, NAN};
+    for (float x : std::vector<float>(m->mid.begin(), m->mid.begin() + 255)) probe.insert(probe.end(), {x, std::nextafter(x, -2.0f), std::nextafter(x, 2.0f)});
+    for (uint32_t h = 0; h < 65536; ++h)
+      for (uint32_t low : {0u, 0xffffu, 0x8000u}) {
+        const uint32_t bits = (h << 16) | low;
+        float v;
+        std::memcpy(&v, &bits, 4);
+        if (std::fabs(v) <= 1.0f) probe.push_back(v);
+      }
+    for (uint64_t i = 0; i < 1000000; ++i) {
+      const uint64_t r = random_u64(key, i);
+      const double mag = std::pow(10.0, -7.0 * static_cast<double>(r >> 40) / 16777216.0);  // 1e-7 .. 1
+      probe.push_back(static_cast<float>((r & 1u) ? -mag : mag));
+    }
+    for (float v : probe) ASSERT_EQ(static_cast<int>(m->encode(v)), reference(v)) << "v = " << v;
+  }
+}
+
+// The two-pass stream rounding draws exactly the per-element definition's bits (element e:
+// the (e % 8)-th 16 bits of Philox block e / 8), from any first element and for any length.
+TEST(CompactState, StreamRoundingIsThePerElementDefinition) {
+  const PhiloxKey key = make_key(9, "sr");
+  std::vector<float> x(5000);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(std::sin(0.37 * static_cast<double>(i)) * 3.0);
+  for (uint64_t first : {0ull, 3ull, 8ull, 2045ull, (1ull << 35) + 5})
+    for (int64_t n : {1, 7, 9, 2048, 2051, 5000}) {
+      std::vector<float> got(static_cast<size_t>(n));
+      stochastic_round_bf16_stream(key, first, x.data(), got.data(), n);
+      for (int64_t k = 0; k < n; ++k) {
+        const uint64_t e = first + static_cast<uint64_t>(k);
+        const PhiloxCounter r = philox4x32({static_cast<uint32_t>(e >> 3), static_cast<uint32_t>(e >> 35), 0u, 0u}, key);
+        const uint32_t block[4] = {r[0], r[1], r[2], r[3]};
+        ASSERT_EQ(got[static_cast<size_t>(k)], stochastic_round_bf16(x[static_cast<size_t>(k)], sr_bits(block, e)))
+            << "first " << first << " n " << n << " k " << k;
+      }
+    }
 }
 
 TEST(CompactState, QuantiseDequantiseRoundTripIsExact) {
