@@ -113,6 +113,7 @@ int cmd_train(int argc, char** argv) {
   opt.world_size = mpi.size();
   opt.rank = mpi.rank();
   opt.local_ranks = world_from_env("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (const char* lr = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) opt.local_rank = std::max(0, std::atoi(lr));
   std::unique_ptr<Trainer> trainer;
   try {
     Config cfg = load_config(cfg_path, sets);

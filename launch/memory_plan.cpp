@@ -1848,7 +1848,7 @@ MemoryPlan plan_memory(const Config& cfg, int world, const GpuSpec& gpu, int64_t
         "refuses it on a GPU; modelled here as the fp32 state the device kernels hold",
         to_string(cfg.optim.state)));
   const int tp = par.tp, pp = par.pp, dp = cfg.resolved_dp(world);
-  const bool low = is_low_precision(cfg.train.precision), off = cfg.train.offload.optimizer;
+  const bool off = cfg.train.offload.optimizer;
   const bool zero = cfg.optim.zero == 1 && dp > 1;
   const StateBytes sb = state_bytes(cfg);
 

@@ -40,6 +40,11 @@ Tensor ModelStage::micro_rows(const Tensor& t, int micro) const {
   return t.rows(micro * micro_, (micro + 1) * micro_).view({micro_, T});
 }
 
+Device ModelStage::activation_device() const {
+  for (const auto& np : model_.named_parameters()) return np.param->value.device();
+  return Device::cpu;
+}
+
 Shape ModelStage::input_shape(int) const {
   const auto& s = model_.spec();
   int64_t rows = micro_ * inputs_.dim(1);

@@ -47,6 +47,7 @@ class ModelStage : public parallel::Stage {
 
   Shape input_shape(int chunk) const override;
   DType activation_dtype() const override { return model_.spec().dtype; }
+  Device activation_device() const override;
   Tensor forward(int chunk, int micro, const Tensor& input) override;
   Tensor backward(int chunk, int micro, const Tensor& grad_output, bool split) override;
   void backward_weights(int chunk, int micro) override;

@@ -108,7 +108,7 @@ int resolve_threads(const Config& cfg, int local_ranks) {
 
 }  // namespace
 
-Device resolve_device(DeviceChoice choice, int world_size) {
+Device resolve_device(DeviceChoice choice, int world_size, int local_ranks) {
   if (choice == DeviceChoice::cpu) return Device::cpu;
 #if PTRAIN_HAVE_CUDA
   constexpr bool have_cuda = true;
@@ -127,11 +127,13 @@ Device resolve_device(DeviceChoice choice, int world_size) {
                 "nvcc on the PATH (PTRAIN_CUDA=AUTO|ON), or set device: cpu");
   PT_USER_CHECK(gpus > 0, "device: cuda, but no CUDA device is visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES "
                 "hides them). HINT: check nvidia-smi, or set device: cpu");
-  PT_USER_CHECK(world_size == 1,
-                "device: cuda with {} ranks: device tensors cannot cross ranks yet (the NCCL path of the parallel "
-                "layouts is not built), so a multi-rank run trains on the CPU only. HINT: run one rank (no mpirun) "
-                "for a GPU run, or set device: cpu for a multi-rank one",
-                world_size);
+  // One rank per GPU (the local rank picks it). The emulated device is per process: any count.
+  if (local_ranks < 1) local_ranks = world_size;
+  PT_USER_CHECK(emulated || local_ranks <= gpus,
+                "device: cuda with {} ranks on this machine but {} GPU{} visible: each rank needs a GPU of its own "
+                "(sharing one GPU between ranks is not built yet). HINT: start at most {} rank{} per machine "
+                "(mpirun -np {}), check CUDA_VISIBLE_DEVICES, or set device: cpu",
+                local_ranks, gpus, gpus == 1 ? "" : "s", gpus, gpus == 1 ? "" : "s", gpus);
   return Device::cuda;
 }
 
@@ -203,7 +205,22 @@ void Trainer::check_memory_features() const {
 }
 
 void Trainer::check_inputs() {
-  device_ = resolve_device(cfg_.device, opt_.world_size);
+  device_ = resolve_device(cfg_.device, opt_.world_size, opt_.local_ranks);
+  if (device_ == Device::cuda && opt_.world_size > 1) {
+    // device tensors cross ranks through the MPI communicator, staged through host memory
+    // (parallel/mpi_comm.cpp); what has no device path yet refuses here
+    PT_USER_CHECK(cfg_.parallel.tp == 1,
+                  "device: cuda with parallel.tp: {}: tensor parallelism on the device is not built yet (its "
+                  "vocabulary-parallel embedding and cross-entropy are CPU kernels). HINT: set parallel.tp: 1 "
+                  "(pipeline and data parallelism train on the device), or device: cpu",
+                  cfg_.parallel.tp);
+    PT_USER_CHECK(!(cfg_.optim.zero == 1 && cfg_.resolved_dp(opt_.world_size) > 1),
+                  "device: cuda with optim.zero: 1: the ZeRO-1 all-gather of the masters runs on host masters only "
+                  "yet. HINT: set optim.zero: 0, or train.offload.optimizer: true with optim.zero: 0");
+#if PTRAIN_HAVE_CUDA
+    cuda::select_device(cuda::emulated() ? 0 : opt_.local_rank % std::max(1, cuda::device_count()));
+#endif
+  }
   check_memory_features();
   // The model of memory `ptrain plan` prints (launch/memory_plan.h): a run that cannot fit the
   // device is refused before anything is allocated, with the plan's advice. (Layers the model
@@ -890,7 +907,7 @@ double Trainer::evaluate() {
         if (gs % pp != r) continue;
         const int chunk = gs / pp;
         if (gs > 0 && pp > 1) {
-          h = Tensor::empty(stage_->input_shape(chunk), spec_.dtype);
+          h = Tensor::empty(stage_->input_shape(chunk), spec_.dtype, device_);
           grid_->pp().recv(h, (gs - 1) % pp, gs);  // no schedule message is in flight here
         }
         Tensor out = stage_->forward_only(chunk, h, mb.inputs, mb.targets);

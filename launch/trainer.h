@@ -37,6 +37,7 @@ struct RunOptions {
   int world_size = 1;
   int rank = 0;
   int local_ranks = 1;  ///< ranks on this machine (threads = cores / local_ranks)
+  int local_rank = 0;   ///< this rank's index among them (picks the GPU: one rank per GPU)
   bool quiet = false;   ///< no progress lines (tests)
 };
 
@@ -162,7 +163,7 @@ class Trainer {
 /// has the nvcc backend, the machine has one and the run is single-rank, else the CPU; `cuda`
 /// is the GPU, or in an emulated build the SIMT runtime on the CPU. Throws UserError for
 /// `cuda` without a CUDA build or device, or with more than one rank.
-Device resolve_device(DeviceChoice choice, int world_size);
+Device resolve_device(DeviceChoice choice, int world_size, int local_ranks = 0);
 /// "NVIDIA GeForce RTX 4090, 23.6 GiB, compute capability 8.9" (or the emulated device).
 std::string describe_gpu();
 

@@ -31,8 +31,6 @@ GradReducer::GradReducer(std::vector<Tensor> grads, Communicator& dp, size_t buc
     PT_CHECK(g.dtype() == DType::f32 || g.dtype() == DType::bf16 || g.dtype() == DType::f16 || g.dtype() == DType::f64,
              "GradReducer on group '{}': gradient {} has dtype {}; expected f32, bf16, f16 or f64", dp_.name(), i,
              dtype_name(g.dtype()));
-    PT_CHECK(g.device() == Device::cpu, "GradReducer on group '{}': gradient {} is on {}; only host gradients are "
-             "supported", dp_.name(), i, device_name(g.device()));
     PT_CHECK(g.numel() == 0 || seen.insert(g.raw()).second,
              "GradReducer on group '{}': gradient {} shares its storage with an earlier one (it would be summed "
              "twice)\nHINT: list each parameter's gradient once (tied weights: once)", dp_.name(), i);
@@ -57,7 +55,8 @@ GradReducer::GradReducer(std::vector<Tensor> grads, Communicator& dp, size_t buc
     bucket_of_[i] = buckets_.size() - 1;
   }
   for (Bucket& b : buckets_)
-    b.in_place = b.members.size() == 1 && grads_[b.members[0]].dtype() == b.wire;
+    b.in_place = b.members.size() == 1 && grads_[b.members[0]].dtype() == b.wire &&
+                 grads_[b.members[0]].device() == Device::cpu;
   ready_.assign(grads_.size(), false);
   check_same_on_all_ranks();
 }
@@ -168,7 +167,9 @@ void GradReducer::start(size_t bi) {
   } else {
     b.flat = Tensor::empty({b.numel}, b.wire);  // (numel)
     for (size_t m = 0; m < b.members.size(); ++m) {
-      const Tensor& g = grads_[b.members[m]];
+      // a device gradient is packed from its host copy (bf16/f16 widened exactly)
+      const Tensor g = grads_[b.members[m]].device() == Device::cpu ? grads_[b.members[m]]
+                                                                     : grads_[b.members[m]].to_device(Device::cpu);
       const size_t off = static_cast<size_t>(b.offsets[m]);
       if (b.wire == DType::f64)
         std::memcpy(b.flat.data<double>() + off, g.data<double>(), g.numel() * sizeof(double));
@@ -197,7 +198,9 @@ void GradReducer::complete(size_t bi) {
     for (size_t m = 0; m < b.members.size(); ++m) {
       Tensor& g = grads_[b.members[m]];
       const size_t off = static_cast<size_t>(b.offsets[m]);
-      if (b.wire == DType::f64) {
+      if (g.device() != Device::cpu) {  // up from the bucket, rounded to g's dtype on the way (as round_())
+        g.copy_from(b.flat.rows(static_cast<int64_t>(off), static_cast<int64_t>(off) + g.numel()).view(g.shape()));
+      } else if (b.wire == DType::f64) {
         std::memcpy(g.data<double>(), b.flat.data<double>() + off, g.numel() * sizeof(double));
       } else {
         std::memcpy(g.data<float>(), b.flat.data<float>() + off, g.numel() * sizeof(float));

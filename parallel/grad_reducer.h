@@ -21,8 +21,10 @@
 //  * Deterministic: the result depends only on the inputs, the dp group size and the bucket
 //    layout (MPI's reduction order for one communicator size and message length is fixed;
 //    a different bucket_bytes may change the summation order and so the last bits).
-//  * Gradients are host (CPU) tensors whose storage must stay the same object from
+//  * Gradients are host or device tensors whose storage must stay the same object from
 //    construction on: zero them in place (Tensor::zero_), never clear_grad() + reallocate.
+//    Device gradients are packed from host copies and unpacked by uploads (the MPI path,
+//    staged through host memory; the same sums and rounding as host gradients).
 //    After mark_ready(i), gradient i must not be read or written until finish() returns.
 //  * On a dp group of size 1 every call is a no-op (buckets are still formed, for reports).
 #pragma once

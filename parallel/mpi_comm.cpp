@@ -1,6 +1,12 @@
-// parallel/mpi_comm.cpp — Communicator over MPI, host buffers.
+// parallel/mpi_comm.cpp — Communicator over MPI, host buffers; device tensors are staged
+// through host memory (several ranks can then share one GPU, and MPI need not be CUDA-aware).
 //
 // Invariants:
+//  * A device tensor is copied to a host tensor (bf16/f16 widened to floats exactly), the host
+//    operation runs as for a host tensor, and the result is copied back (rounded to the
+//    tensor's dtype once, as the host path rounds): a device run reduces exactly as a CPU run.
+//    The copies are synchronous (the device finishes the work that made the tensor first);
+//    an async operation on a device tensor uploads its result when it completes (wait/test).
 //  * Every call goes through MPI_CHECK; the communicator has MPI_ERRORS_RETURN, so an MPI
 //    failure is a ptrain::Error naming the group, not an abort.
 //  * Groups of size 1 make no MPI call (all_gather/reduce_scatter copy in -> out).
@@ -36,8 +42,8 @@ namespace {
 MPI_Datatype float_type(const Tensor& t, const std::string& group, const char* what) {
   PT_CHECK(t.defined(), "{} on group '{}': undefined tensor", what, group);
   PT_CHECK(t.device() == Device::cpu,
-           "{} on group '{}': the MPI communicator takes host tensors, got a {} tensor\n"
-           "HINT: device tensors go through the NCCL communicator",
+           "{} on group '{}': the MPI communicator stages device tensors through host memory, got a {} tensor "
+           "here (internal)",
            what, group, device_name(t.device()));
   switch (t.dtype()) {
     case DType::f32:
@@ -71,6 +77,36 @@ MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
 void round_low_precision(Tensor& t) {
   if (is_low_precision(t.dtype())) t.round_();
 }
+
+bool on_device(const Tensor& t) { return t.defined() && t.device() != Device::cpu; }
+Tensor host_copy(const Tensor& t) { return t.to_device(Device::cpu); }
+Tensor host_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), Device::cpu); }
+
+/// An operation on the host copy of a device tensor: its result goes up once it completes.
+class StagedRequest final : public Request {
+ public:
+  StagedRequest(std::unique_ptr<Request> inner, Tensor host, Tensor device)
+      : inner_(std::move(inner)), host_(std::move(host)), device_(std::move(device)) {}
+  void wait() override {
+    inner_->wait();
+    upload();
+  }
+  bool test() override {
+    if (!inner_->test()) return false;
+    upload();
+    return true;
+  }
+
+ private:
+  void upload() {
+    if (done_) return;
+    done_ = true;
+    if (device_.defined()) device_.copy_from(host_);
+  }
+  std::unique_ptr<Request> inner_;
+  Tensor host_, device_;  ///< device_ undefined: nothing comes back (a send)
+  bool done_ = false;
+};
 
 /// A completed operation (size-1 groups).
 class DoneRequest final : public Request {
@@ -180,6 +216,12 @@ class MpiCommunicator final : public Communicator {
   const std::string& name() const override { return name_; }
 
   void all_reduce(Tensor& t, ReduceOp op) override {
+    if (on_device(t)) {
+      if (size_ == 1) return;
+      Tensor h = host_copy(t);
+      all_reduce(h, op);
+      return t.copy_from(h);
+    }
     MPI_Datatype type = float_type(t, name_, "all_reduce");
     if (size_ == 1) return;
     MPI_CHECK(name_, MPI_Allreduce(MPI_IN_PLACE, t.raw(), count_of(t.numel(), name_, "all_reduce"), type,
@@ -188,6 +230,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Request> all_reduce_async(Tensor& t, ReduceOp op) override {
+    if (on_device(t)) {
+      if (size_ == 1) return std::make_unique<DoneRequest>();
+      Tensor h = host_copy(t);
+      return std::make_unique<StagedRequest>(all_reduce_async(h, op), h, t);
+    }
     MPI_Datatype type = float_type(t, name_, "all_reduce_async");
     if (size_ == 1) return std::make_unique<DoneRequest>();
     auto r = std::make_unique<MpiRequest>(MpiRequest::Kind::reduce, t, name_, -1, -1);
@@ -204,6 +251,12 @@ class MpiCommunicator final : public Communicator {
 
   void all_gather(const Tensor& in, Tensor& out) override {
     check_chunked(out, in, "all_gather", "out", "in");
+    if (on_device(in) || on_device(out)) {
+      Tensor hi = on_device(in) ? host_copy(in) : in, ho = on_device(out) ? host_like(out) : out;
+      all_gather(hi, ho);
+      if (on_device(out)) out.copy_from(ho);
+      return;
+    }
     MPI_Datatype type = any_type(in, name_, "all_gather");
     if (size_ == 1) return copy_single(in, out);
     const int n = count_of(in.numel(), name_, "all_gather");
@@ -212,6 +265,12 @@ class MpiCommunicator final : public Communicator {
 
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_chunked(in, out, "reduce_scatter", "in", "out");
+    if (on_device(in) || on_device(out)) {
+      Tensor hi = on_device(in) ? host_copy(in) : in, ho = on_device(out) ? host_like(out) : out;
+      reduce_scatter(hi, ho);
+      if (on_device(out)) out.copy_from(ho);
+      return;
+    }
     MPI_Datatype type = float_type(in, name_, "reduce_scatter");
     if (size_ == 1) return copy_single(in, out);
     MPI_CHECK(name_, MPI_Reduce_scatter_block(in.raw(), out.raw(), count_of(out.numel(), name_, "reduce_scatter"),
@@ -221,12 +280,22 @@ class MpiCommunicator final : public Communicator {
 
   void broadcast(Tensor& t, int root) override {
     check_rank(root, "broadcast", "root");
+    if (on_device(t)) {
+      if (size_ == 1) return;
+      Tensor h = host_copy(t);
+      broadcast(h, root);
+      return t.copy_from(h);
+    }
     MPI_Datatype type = any_type(t, name_, "broadcast");
     if (size_ == 1) return;
     MPI_CHECK(name_, MPI_Bcast(t.raw(), count_of(t.numel(), name_, "broadcast"), type, root, comm_));
   }
 
   std::unique_ptr<Request> isend(const Tensor& t, int dst, int tag) override {
+    if (on_device(t)) {  // the host copy travels (the request keeps it alive)
+      Tensor h = host_copy(t);
+      return std::make_unique<StagedRequest>(isend(h, dst, tag), h, Tensor());
+    }
     check_p2p(t, dst, tag, "isend");
     auto r = std::make_unique<MpiRequest>(MpiRequest::Kind::send, t, name_, dst, tag);
     MPI_CHECK(name_, MPI_Isend(t.raw(), bytes_of(t, "isend"), MPI_BYTE, dst, tag, comm_, r->handle()));
@@ -234,6 +303,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   void recv(Tensor& t, int src, int tag) override {
+    if (on_device(t)) {
+      Tensor h = host_like(t);
+      recv(h, src, tag);
+      return t.copy_from(h);
+    }
     check_p2p(t, src, tag, "recv");
     // Probe first so a size mismatch is reported with both sizes and the message is still
     // consumed (a truncated MPI_Recv would lose the real size).
@@ -254,6 +328,10 @@ class MpiCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Request> irecv(Tensor& t, int src, int tag) override {
+    if (on_device(t)) {
+      Tensor h = host_like(t);
+      return std::make_unique<StagedRequest>(irecv(h, src, tag), h, t);
+    }
     check_p2p(t, src, tag, "irecv");
     auto r = std::make_unique<MpiRequest>(MpiRequest::Kind::recv, t, name_, src, tag);
     MPI_CHECK(name_, MPI_Irecv(t.raw(), bytes_of(t, "irecv"), MPI_BYTE, src, tag, comm_, r->handle()));

@@ -365,7 +365,7 @@ ScheduleStats run_schedule(const ScheduleSpec& s, Stage& stage, Communicator& pp
       local.erase(it);
       return t;
     }
-    Tensor t = Tensor::empty(shape, stage.activation_dtype());
+    Tensor t = Tensor::empty(shape, stage.activation_dtype(), stage.activation_device());
     Timeline::Scope span(tl, fmt::format("recv {} m{} c{}", grad ? "grad" : "act", micro, g / P), "comm");
     pp.recv(t, src, tag);
     return t;

@@ -21,6 +21,8 @@ class Stage {
   virtual Shape input_shape(int chunk) const = 0;
   /// dtype of those activations (the training precision).
   virtual DType activation_dtype() const = 0;
+  /// Where they live (received activations and gradients are allocated there).
+  virtual Device activation_device() const { return Device::cpu; }
   /// Forward of micro-batch m through chunk c. `input` is undefined on global stage 0.
   /// Returns the activation to send on (undefined on the last global stage).
   virtual Tensor forward(int chunk, int micro, const Tensor& input) = 0;

@@ -27,6 +27,8 @@ DeviceInfo device_info(int i) {
   return {p.name, p.major, p.minor, p.totalGlobalMem};
 }
 
+void select_device(int dev) { CUDA_CHECK(cudaSetDevice(dev)); }
+
 void saxpy_roundtrip(int dev, float a, const float* x, float* y, long n) {
   CUDA_CHECK(cudaSetDevice(dev));
   float *dx = nullptr, *dy = nullptr;

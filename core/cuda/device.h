@@ -18,6 +18,8 @@ struct DeviceInfo {
 int device_count();
 /// Properties of device `i` (throws ptrain::Error on a CUDA failure).
 DeviceInfo device_info(int i);
+/// Makes device `dev` this host thread's current device (before anything is allocated on it).
+void select_device(int dev);
 /// y[i] = a * x[i] + y[i] on device `dev` for n host floats (copies in and out); returns the result.
 void saxpy_roundtrip(int dev, float a, const float* x, float* y, long n);
 

@@ -24,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/cuda/device.h"
 #include "core/cuda/launch_stats.h"
 #include "core/cuda/runtime.h"
 #include "core/h5io.h"
@@ -670,12 +671,20 @@ TEST(DeviceChoice, AsDesignSays) {
   if (have_device()) {
     EXPECT_EQ(resolve_device(DeviceChoice::cuda, 1), Device::cuda);
   }
-  try {
-    resolve_device(DeviceChoice::cuda, 2);
-    FAIL() << "a multi-rank device run must be refused";
-  } catch (const UserError& e) {
-    EXPECT_NE(std::string(e.what()).find("2 ranks"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("HINT"), std::string::npos) << e.what();
+  // one rank per GPU: more ranks on a machine than GPUs is refused, naming both counts (the
+  // emulated device is per process: any count)
+  if (have_device() && cuda::emulated()) {
+    EXPECT_EQ(resolve_device(DeviceChoice::cuda, 2, 2), Device::cuda);
+  } else if (have_device()) {
+    const int gpus = cuda::device_count();
+    try {
+      resolve_device(DeviceChoice::cuda, gpus + 1, gpus + 1);
+      FAIL() << "more ranks than GPUs must be refused";
+    } catch (const UserError& e) {
+      EXPECT_NE(std::string(e.what()).find(std::to_string(gpus + 1) + " ranks"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(std::to_string(gpus) + " GPU"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("HINT"), std::string::npos) << e.what();
+    }
   }
 }
 
