@@ -103,9 +103,13 @@ device: cpu
                        arch, kv_heads, (root_dir() / "tokens.h5").string());
   }
 
+  /// Where init_file() writes a model variant's weights.
+  static std::string init_file_name(const std::string& arch, int kv_heads) {
+    return (root_dir() / fmt::format("init_{}_{}.h5", arch, kv_heads)).string();
+  }
   /// The init_from file of a model variant (rank 0 writes it once; collective).
   static std::string init_file(const std::string& arch, int kv_heads) {
-    const fs::path p = root_dir() / fmt::format("init_{}_{}.h5", arch, kv_heads);
+    const fs::path p = init_file_name(arch, kv_heads);
     if (world_rank() == 0 && !fs::exists(p)) {
       try {
         Config cfg = parse_config(base_yaml(arch, kv_heads));

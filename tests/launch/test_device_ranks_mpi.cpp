@@ -10,6 +10,7 @@
 #include "tests/launch/parallel_mpi_fixture.h"
 
 #include "core/cuda/device.h"
+#include "launch/memory_plan.h"
 
 namespace {
 
@@ -30,6 +31,31 @@ TEST_F(ParallelEquivalence, DeviceLayoutsMatchTheCpu) {
   // gpt2 ties its embeddings: the first stage's table and the last stage's replica sum their
   // gradients over the embed group (a device all-reduce)
   check_layouts("gpt2", 4, {{"device_pp2_tied", 2, {"device=cuda", "parallel.pp=2"}}}, reference, run, expect_match);
+}
+
+// The model of memory (launch/memory_plan.h) for pipeline ranks on the device: rank 0 of pp 2
+// under 1f1b keeps two micro-batches in flight; `ptrain plan`'s device peak for it is the peak
+// its caching allocator measured (metrics.jsonl is rank 0's), byte for byte.
+TEST_F(ParallelEquivalence, DevicePipelinePeakIsThePlans) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<std::string> sets = {"device=cuda", "parallel.pp=2", "parallel.schedule=1f1b",
+                                         "train.recompute=selective"};
+  const fs::path dir = run("device_pp2_plan", "llama", 2, 2, sets);
+  if (world_rank() != 0) return;
+  std::vector<std::string> all = {"train.init_from=" + init_file_name("llama", 2), "checkpoint.dir=" + dir.string()};
+  all.insert(all.end(), sets.begin(), sets.end());
+  Config cfg = parse_config(base_yaml("llama", 2), all);
+  ValidationContext vc;
+  vc.world_size = 2;
+  validate(cfg, vc);
+  ASSERT_TRUE(memory_model_covers(cfg));
+  const MemoryPlan plan = plan_memory(cfg, 2, *find_gpu("emulated"), int64_t{64} << 30);
+  std::ifstream f(dir / "metrics.jsonl");
+  std::string line, last;
+  while (std::getline(f, line)) last = line;
+  ASSERT_FALSE(last.empty());
+  const int64_t measured = nlohmann::json::parse(last).at("mem_peak_bytes").get<int64_t>();
+  EXPECT_EQ(plan.ranks.at(0).device_peak_bytes, measured) << "rank 0 of pp 2 (1f1b, selective recompute)";
 }
 
 // Tensor parallelism has no device path yet: every rank stops with the same clear message,
