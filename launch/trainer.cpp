@@ -234,8 +234,9 @@ void Trainer::check_inputs() {
 #if PTRAIN_HAVE_CUDA
   if (cfg_.device == DeviceChoice::automatic && device_ == Device::cpu && opt_.world_size > 1 && !cuda::emulated() &&
       cuda::device_count() > 0 && opt_.rank == 0 && !opt_.quiet)
-    fmt::print("warning: device: auto trains this {}-rank run on the CPU: device tensors cannot cross ranks yet, so "
-               "multi-rank layouts run on the CPU only (a single-rank run would use the GPU)\n",
+    fmt::print("warning: device: auto trains this {}-rank run on the CPU (multi-rank device tensors still cross "
+               "ranks through host memory, so the GPUs are used only when asked for): set device: cuda for one "
+               "rank per GPU\n",
                opt_.world_size);
 #endif
   PT_USER_CHECK(opt_.world_size == 1 || world_in_,
