@@ -536,6 +536,11 @@ std::vector<Field> build_fields() {
       KEY(parallel.stage_layers, opt(IntListCodec{pos_int()}),
           "Layers of each (virtual) stage, in order: pp * virtual_stages entries summing to model.layers; null "
           "= as even a split as possible."),
+      KEY(parallel.selftest, BoolCodec{},
+          "Multi-rank runs: before training, run every collective ptrain uses and a ring of sends on every "
+          "group (tp, pp, dp, embed, world) with a known pattern, in the tensors' own memory, checked bit for bit "
+          "(a few ms); a difference or a message that does not come within 30 s stops the run naming the group, "
+          "the collective and the ranks. false skips it."),
       // ---- train
       KEY(train.seq_len, pos_int(), "Tokens per training sequence (T); at most model.max_seq_len."),
       KEY(train.micro_batch, pos_int(), "Sequences per micro-batch on each data-parallel rank."),

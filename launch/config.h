@@ -91,6 +91,7 @@ struct ParallelConfig {
   int virtual_stages = 1;                    ///< model chunks per pipeline rank (interleaved only)
   bool sequence_parallel = false;            ///< split norms/dropout activations along the sequence over TP
   std::optional<std::vector<int>> stage_layers;  ///< layers per (virtual) stage; nullopt = even split
+  bool selftest = true;                      ///< check every group's collectives at start-up (parallel/selftest.h)
 
   /// dp, or world_size / (tp * pp) when auto.
   int resolved_dp(int world_size) const;

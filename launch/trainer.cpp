@@ -28,6 +28,7 @@
 #include "launch/weights_io.h"
 #include "optim/grad_clip.h"
 #include "parallel/partition.h"
+#include "parallel/selftest.h"
 
 namespace fs = std::filesystem;
 
@@ -346,6 +347,20 @@ void Trainer::setup() {
 
   // ---- process grid (the first collective: every input check above ran on every rank) ----
   build_grid();
+  // ---- the communicator self-test (parallel/selftest.h): every group, on the tensors' device.
+  // Every rank walks the groups in the same order (a group of one is skipped everywhere alike).
+  if (cfg_.parallel.selftest && opt_.world_size > 1) {
+    const auto t0 = Clock::now();
+    std::string groups;
+    for (parallel::Communicator* c : {&grid_->world(), &grid_->tp(), &grid_->pp(), &grid_->dp(), &grid_->embed()}) {
+      if (c->size() == 1) continue;
+      parallel::self_test(*c, device_, 30.0);
+      groups += fmt::format("{}{} ({} ranks)", groups.empty() ? "" : ", ", c->name(), c->size());
+    }
+    selftest_line_ = fmt::format("communicator self-test passed in {:.0f} ms on {} tensors: {}",
+                                 1e3 * std::chrono::duration<double>(Clock::now() - t0).count(), device_name(device_),
+                                 groups);
+  }
 
   // ---- model and optimizer ----
   spec_ = model_spec(cfg_);
@@ -504,6 +519,9 @@ void Trainer::setup() {
                  opt_.world_size, g.dp, g.pp, g.tp, spec_.sequence_parallel ? " (sequence parallel)" : "",
                  to_string(cfg_.parallel.schedule), v > 1 ? fmt::format(" x {} virtual stages", v) : "",
                  parallel::theoretical_bubble(sched_), zero_ ? ", ZeRO-1" : "");
+    if (opt_.world_size > 1)
+      fmt::print("ptrain: {}\n", cfg_.parallel.selftest ? selftest_line_
+                                                       : std::string("communicator self-test skipped (parallel.selftest: false)"));
     fmt::print("ptrain: data {} ({} tokens, {} train windows), global batch {} x {} tokens, {} micro-batches of {}\n",
                cfg_.data.path, train_data_->num_tokens(), sampler_->num_windows(), G, T, accum_, micro_);
     std::fflush(stdout);

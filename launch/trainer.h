@@ -143,6 +143,7 @@ class Trainer {
   std::unique_ptr<layers::CausalLM> model_;
   std::vector<TrainParam> params_;
   std::unique_ptr<optim::AdamW> adam_;
+  std::string selftest_line_;  ///< the banner's report of the communicator self-test
   std::unique_ptr<optim::HostOffload> offload_;  ///< train.offload.optimizer: master and moments on the host
   optim::LrSchedule schedule_;
   optim::LossScaler scaler_;

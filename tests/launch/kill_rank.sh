@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # tests/launch/kill_rank.sh — a killed rank ends the whole job (ctest case, label mpi).
 #
-#   kill_rank.sh MPIEXEC PTRAIN WORKDIR [mpirun flags...]
+#   kill_rank.sh MPIEXEC PTRAIN WORKDIR DEVICE RANKS [mpirun flags...]
 #
-# Starts a 2-rank pipeline run (pp 2) long enough to be killed mid-step, waits for its first
-# metrics row, kill -9's world rank 1, then requires: mpirun exits within 30 s, non-zero; its
-# output names rank 1; no ptrain process of this job is left.
+# Starts a RANKS-rank pipeline run (pp RANKS, device DEVICE: cpu, or cuda = the emulated device
+# in CI) long enough to be killed mid-step, waits for its first metrics row, kill -9's world
+# rank 1, then requires: mpirun exits within 30 s, non-zero; its output names rank 1; no
+# ptrain process of this job is left.
 set -uo pipefail
-mpiexec=$1 ptrain=$2 work=$3
-shift 3
+mpiexec=$1 ptrain=$2 work=$3 device=$4 ranks=$5
+shift 5
 rm -rf "$work" && mkdir -p "$work"
 python3 - "$work/c.txt" <<'PY'
 import random, sys
@@ -19,13 +20,13 @@ PY
 "$ptrain" prepare --input "$work/c.txt" --out "$work/c.h5" --tokenizer byte >/dev/null || exit 1
 cat >"$work/kill.yaml" <<YAML
 model: {arch: llama, vocab_size: 256, hidden: 64, layers: 4, heads: 4, ffn_hidden: 128, max_seq_len: 64}
-parallel: {pp: 2}
+parallel: {pp: $ranks}
 train: {seq_len: 64, micro_batch: 2, global_batch: 8, steps: 100000, precision: fp32, threads: 1, log_every: 1}
 data: {path: $work/c.h5, shuffle: false}
 checkpoint: {dir: $work/run, every: 0}
-device: cpu
+device: $device
 YAML
-"$mpiexec" "$@" -np 2 "$ptrain" --cfg "$work/kill.yaml" >"$work/out.txt" 2>&1 &
+"$mpiexec" "$@" -np "$ranks" "$ptrain" --cfg "$work/kill.yaml" >"$work/out.txt" 2>&1 &
 job=$!
 for _ in $(seq 1 600); do
   [[ -s $work/run/metrics.jsonl ]] && break

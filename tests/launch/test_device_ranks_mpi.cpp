@@ -33,6 +33,27 @@ TEST_F(ParallelEquivalence, DeviceLayoutsMatchTheCpu) {
   check_layouts("gpt2", 4, {{"device_pp2_tied", 2, {"device=cuda", "parallel.pp=2"}}}, reference, run, expect_match);
 }
 
+// Checkpoints are the CPU path's layout: a 4-rank device run's step-10 checkpoint (dp2 x pp2)
+// resumes in a 1-rank CPU run, and a 1-rank CPU checkpoint resumes in a 4-rank device run;
+// steps 11..20 match the uninterrupted CPU run.
+TEST_F(ParallelEquivalence, DeviceCheckpointsMoveBetweenLayoutsAndDevices) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device";
+  const fs::path ref = reference("llama", 2);
+  const std::vector<std::string> dev4 = {"device=cuda", "parallel.dp=2", "parallel.pp=2"};
+  const fs::path saved = run("ck_device_dp2_pp2", "llama", 2, 4, dev4);
+  if (world_rank() == 0) {  // resume from step 10 (both runs wrote steps 10 and 20)
+    fs::remove_all(saved / "step_00000020");
+    fs::remove_all(root_dir() / "ck_cpu_saved");
+    fs::copy(ref, root_dir() / "ck_cpu_saved", fs::copy_options::recursive);
+    fs::remove_all(root_dir() / "ck_cpu_saved" / "step_00000020");
+  }
+  world_->barrier();
+  const fs::path on_cpu = run("ck_device_to_cpu", "llama", 2, 1, {}, true, "ck_device_dp2_pp2");
+  expect_match(ref, on_cpu, "4-rank device checkpoint resumed on 1 CPU rank", 11);
+  const fs::path on_dev = run("ck_cpu_to_device", "llama", 2, 4, dev4, true, "ck_cpu_saved");
+  expect_match(ref, on_dev, "1-rank CPU checkpoint resumed on 4 device ranks", 11);
+}
+
 // The model of memory (launch/memory_plan.h) for pipeline ranks on the device: rank 0 of pp 2
 // under 1f1b keeps two micro-batches in flight; `ptrain plan`'s device peak for it is the peak
 // its caching allocator measured (metrics.jsonl is rank 0's), byte for byte.
