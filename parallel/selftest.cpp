@@ -180,9 +180,13 @@ std::vector<CollectiveCheck> check_collectives(Communicator& c, Device dev, int6
     std::vector<float> want(static_cast<size_t>(n));
     for (int64_t k = 0; k < n; ++k) want[static_cast<size_t>(k)] = pattern(from, k);
     Tensor in;
-    // a fresh tag per ring message for the life of the process (every rank makes the same calls,
-    // so the counters agree): a request abandoned by an earlier failure cannot match it
+    // a fresh tag per ring message for the life of the process, agreed over the group (the
+    // largest counter: ranks of one process may have tested other groups in between), so a
+    // request abandoned by an earlier failure cannot match it
     static int next_tag = 0;
+    double agreed = next_tag;
+    c.all_reduce(std::span<double>(&agreed, 1), ReduceOp::max);
+    next_tag = static_cast<int>(agreed);
     ok = timed(
              "ring isend/irecv", [&] { fresh(); in = Tensor::zeros({n}, DType::f32, dev); },
              [&]() -> std::string {
