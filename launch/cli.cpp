@@ -1,4 +1,5 @@
-// launch/cli.cpp — subcommands: train (default), plan, prepare, export, info; --list-layers, --help-config.
+// launch/cli.cpp — subcommands: train (default), plan, commcheck, prepare, export, info; --list-layers,
+// --help-config.
 #include "launch/cli.h"
 
 #include "launch/mpi_session.h"
@@ -17,6 +18,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/cpu/threading.h"
+#if PTRAIN_HAVE_CUDA
+#include "core/cuda/device.h"
+#include "core/cuda/launch_stats.h"
+#endif
 #include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "launch/checkpoint.h"
@@ -25,6 +30,7 @@
 #include "launch/trainer.h"
 #include "launch/weights_io.h"
 #include "layers/registry.h"
+#include "parallel/selftest.h"
 
 namespace po = boost::program_options;
 
@@ -36,6 +42,8 @@ constexpr const char* kUsage =
     "usage:\n"
     "  ptrain --cfg FILE.yaml [--set key.path=value]... [--resume]   train\n"
     "  ptrain plan --cfg FILE.yaml [--set k=v]... --gpu NAME --np N [--host-mem GiB] [--json]   memory per rank, fits?\n"
+    "  mpirun -np N ptrain commcheck [--device cpu|cuda] [--min-bytes 4K] [--max-bytes 256M] [--iters 5] [--json]\n"
+    "                                                                 every collective: bandwidth and bit-exact check\n"
     "  ptrain prepare --input FILE... --out FILE.h5 [--tokenizer byte]  text/JSON -> HDF5 tokens\n"
     "  ptrain export --run DIR [--step N] --out FILE.h5 [--dtype fp32|bf16]  checkpoint -> HF-named weights\n"
     "  ptrain info                                                    CPU threads and BLAS, as JSON\n"
@@ -177,6 +185,100 @@ int cmd_plan(int argc, char** argv) {
   return 0;
 }
 
+/// "4K", "256M", "1G", "4096": bytes (powers of 1024).
+int64_t parse_bytes(const std::string& s, const char* what) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  const std::string unit = s.substr(used);
+  const double mult = unit.empty() || unit == "B" ? 1 : unit == "K" || unit == "KB" ? 1024.0
+                      : unit == "M" || unit == "MB" ? 1024.0 * 1024 : unit == "G" || unit == "GB" ? 1024.0 * 1024 * 1024 : -1;
+  PT_USER_CHECK(used > 0 && mult > 0 && v * mult >= 4 && v * mult <= 16.0 * 1024 * 1024 * 1024,
+                "commcheck: {} {} is not a size from 4 bytes to 16G (examples: 4096, 4K, 256M, 1G)", what, s);
+  return static_cast<int64_t>(v * mult);
+}
+
+std::string human_bytes(int64_t b) {
+  if (b >= (int64_t{1} << 30)) return fmt::format("{:.0f} GiB", static_cast<double>(b) / (1 << 30));
+  if (b >= (int64_t{1} << 20)) return fmt::format("{:.0f} MiB", static_cast<double>(b) / (1 << 20));
+  if (b >= 1024) return fmt::format("{:.0f} KiB", static_cast<double>(b) / 1024);
+  return fmt::format("{} B", b);
+}
+
+/// `ptrain commcheck` (under mpirun, like nccl-tests' all_reduce_perf): every collective ptrain
+/// uses and a ring of sends over all ranks, at sizes from --min-bytes to --max-bytes (x4 each
+/// step), timed and checked bit for bit (parallel/selftest.h). Exit 0 when every check passed,
+/// 1 when one failed, 2 for bad input.
+int cmd_commcheck(int argc, char** argv) {
+  po::options_description desc("ptrain commcheck");
+  std::string device = "cpu", min_s = "4K", max_s = "256M";
+  int iters = 5;
+  double timeout = 30;
+  desc.add_options()("device", po::value(&device), "cpu | cuda: where the buffers live")(
+      "min-bytes", po::value(&min_s), "smallest buffer per rank (default 4K)")(
+      "max-bytes", po::value(&max_s), "largest buffer per rank (default 256M)")(
+      "iters", po::value(&iters), "timed calls per collective and size (default 5)")(
+      "timeout", po::value(&timeout), "seconds a message may take before it counts as lost (default 30)")(
+      "json", "print one JSON object");
+  po::variables_map vm;
+  po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+  po::notify(vm);
+  PT_USER_CHECK(device == "cpu" || device == "cuda", "commcheck: --device {} (accepted: cpu, cuda)", device);
+  PT_USER_CHECK(iters >= 1 && iters <= 1000, "commcheck: --iters {} must be in [1, 1000]", iters);
+  PT_USER_CHECK(timeout > 0, "commcheck: --timeout {} must be positive", timeout);
+  const int64_t lo = parse_bytes(min_s, "--min-bytes"), hi = parse_bytes(max_s, "--max-bytes");
+  PT_USER_CHECK(lo <= hi, "commcheck: --min-bytes {} exceeds --max-bytes {}", min_s, max_s);
+  MpiSession mpi;
+  PT_USER_CHECK(mpi.size() > 1, "commcheck: one rank has no one to talk to. HINT: mpirun -np 2 ptrain commcheck");
+  int local_ranks = world_from_env("OMPI_COMM_WORLD_LOCAL_SIZE"), local_rank = 0;
+  if (const char* lr = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) local_rank = std::max(0, std::atoi(lr));
+  const Device dev = device == "cuda" ? resolve_device(DeviceChoice::cuda, mpi.size(), local_ranks) : Device::cpu;
+#if PTRAIN_HAVE_CUDA
+  if (dev == Device::cuda) cuda::select_device(cuda::emulated() ? 0 : local_rank % std::max(1, cuda::device_count()));
+#else
+  (void)local_rank;
+#endif
+  auto world = mpi.world();
+  const int P = world->size();
+  nlohmann::json out = {{"ranks", P}, {"device", device}, {"communicator", "mpi"}, {"results", nlohmann::json::array()}};
+  bool ok = true;
+  const bool json = vm.count("json") > 0, root = world->rank() == 0;
+  if (root && !json)
+    fmt::print("commcheck: {} ranks, {} tensors, MPI communicator{}\n{:<22} {:>9} {:>12} {:>12} {:>12}  {}\n", P,
+               device, dev == Device::cuda ? " (device tensors staged through host memory)" : "", "collective", "size",
+               "time (us)", "algbw GB/s", "busbw GB/s", "check");
+  for (int64_t bytes = lo;; bytes *= 4) {
+    const int64_t b = std::min(bytes, hi);
+    const auto checks = parallel::check_collectives(*world, dev, std::max<int64_t>(1, b / 4), iters, timeout);
+    for (const auto& c : checks) {
+      ok = ok && c.ok;
+      out["results"].push_back({{"collective", c.collective}, {"bytes", c.bytes}, {"time_s", c.seconds},
+                                {"algbw_gbps", c.alg_gbps()}, {"busbw_gbps", c.bus_gbps(P)}, {"ok", c.ok},
+                                {"detail", c.detail}});
+      if (root && !json)
+        fmt::print("{:<22} {:>9} {:>12.1f} {:>12.3f} {:>12.3f}  {}\n", c.collective, human_bytes(c.bytes),
+                   c.seconds * 1e6, c.alg_gbps(), c.bus_gbps(P), c.ok ? "ok" : "WRONG: " + c.detail);
+    }
+    if (b >= hi) break;
+  }
+  out["ok"] = ok;
+  if (root) {
+    if (json)
+      std::cout << out.dump() << "\n";
+    else
+      fmt::print("verdict: {}\n", ok ? "every collective correct at every size"
+                                     : "WRONG RESULTS (see the lines above). HINT: on GeForce cards over PCIe keep GPU "
+                                       "peer-to-peer off (NCCL_P2P_DISABLE=1); check the ranks named, their GPUs and "
+                                       "links");
+    std::fflush(stdout);
+  }
+  return ok ? 0 : 1;
+}
+
 int cmd_prepare(int argc, char** argv) {
   po::options_description desc("ptrain prepare");
   data::PrepareOptions o;
@@ -242,6 +344,7 @@ int main_entry(int argc, char** argv) {
   try {
     const std::string sub = argc > 1 ? argv[1] : "";
     if (sub == "plan") return cmd_plan(argc - 1, argv + 1);
+    if (sub == "commcheck") return cmd_commcheck(argc - 1, argv + 1);
     if (sub == "prepare") return cmd_prepare(argc - 1, argv + 1);
     if (sub == "export") return cmd_export(argc - 1, argv + 1);
     if (sub == "info") {
