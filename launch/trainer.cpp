@@ -215,9 +215,6 @@ void Trainer::check_inputs() {
                   "vocabulary-parallel embedding and cross-entropy are CPU kernels). HINT: set parallel.tp: 1 "
                   "(pipeline and data parallelism train on the device), or device: cpu",
                   cfg_.parallel.tp);
-    PT_USER_CHECK(!(cfg_.optim.zero == 1 && cfg_.resolved_dp(opt_.world_size) > 1),
-                  "device: cuda with optim.zero: 1: the ZeRO-1 all-gather of the masters runs on host masters only "
-                  "yet. HINT: set optim.zero: 0, or train.offload.optimizer: true with optim.zero: 0");
 #if PTRAIN_HAVE_CUDA
     cuda::select_device(cuda::emulated() ? 0 : opt_.local_rank % std::max(1, cuda::device_count()));
 #endif
@@ -594,7 +591,8 @@ std::pair<Tensor, Tensor> Trainer::full_moments(size_t i) {
   // ZeRO-1: gather the DP ranks' flat ranges (padded to equal chunks) into the whole local tensor
   const int dp = grid_->shape().dp;
   const int64_t n = p.master.numel(), chunk = (n + dp - 1) / dp;
-  auto gather = [&](const Tensor& mine) {
+  auto gather = [&](const Tensor& shard) {
+    const Tensor mine = shard.device() == Device::cpu ? shard : shard.to_device(Device::cpu);
     Tensor in = Tensor::zeros({chunk}), out = Tensor::zeros({chunk * dp});
     std::copy_n(mine.data<float>(), mine.numel(), in.data<float>());
     grid_->dp().all_gather(in, out);
@@ -841,16 +839,22 @@ void Trainer::optimizer_step(double lr, double grad_scale, bool started) {
     parallel::Timeline::Scope span(&timeline_, "zero all-gather", "comm");
     const int dp = grid_->shape().dp;
     for (auto& p : params_) {
+      // on the host (a device master: its range goes down, the gathered whole comes back up)
+      const bool dev = p.master.device() != Device::cpu;
       const int64_t n = p.master.numel(), chunk = (n + dp - 1) / dp;
       Tensor in = Tensor::zeros({chunk}), out = Tensor::zeros({chunk * dp});
-      std::copy_n(p.master.data<float>() + p.zero_begin, p.zero_end - p.zero_begin, in.data<float>());
+      Tensor mine = p.master.view({-1}).rows(p.zero_begin, p.zero_end);
+      if (dev) mine = mine.to_device(Device::cpu);
+      std::copy_n(mine.data<float>(), mine.numel(), in.data<float>());
       grid_->dp().all_gather(in, out);
-      float* f = p.master.data<float>();
+      Tensor whole = dev ? Tensor::zeros(p.master.shape()) : p.master;
+      float* f = whole.data<float>();
       const float* o = out.data<float>();
       for (int r = 0; r < dp; ++r) {
         const int64_t b = n * r / dp, e = n * (r + 1) / dp;
         std::copy_n(o + r * chunk, e - b, f + b);
       }
+      if (dev) p.master.copy_from(whole);
     }
     for (auto& p : params_)  // the gathered masters -> the forward's weights
       if (!p.master.same(p.param->value)) p.param->value.copy_from(p.master);

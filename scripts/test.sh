@@ -4,7 +4,7 @@
 #   build-emu   emulated CUDA build, Release: everything; runs every ctest label it can
 #               (cpu, mpi, cuda on the emulated device; gpu says "skipped")
 #   build-asan  AddressSanitizer + UBSan, emulated: core/, the op tests and the emulator tests
-#   build-nvcc  nvcc (sm_89, sm_90): the CUDA backend and the device test binaries, warnings
+#   build-nvcc  nvcc (sm_89, sm_90): the CUDA backend, the device test binaries and `ptrain`, warnings
 #               as errors, register/spill usage logged; tests run where a GPU exists
 # plus two checks: CUDA source rules (scripts/check_cuda_sources.sh) and that no emulated
 # binary links libcudart, cuBLAS(Lt) or NCCL (ldd). Extra arguments go to every ctest.
@@ -51,8 +51,10 @@ phase "tests (asan+ubsan)" $((SECONDS - t))
 if [[ -x /usr/local/cuda/bin/nvcc ]] || command -v nvcc >/dev/null 2>&1; then
   t=$SECONDS
   cmake -S . -B build-nvcc -G Ninja -DCMAKE_BUILD_TYPE=Release -DPTRAIN_CUDA=ON >/dev/null
-  nvcc_targets=$(ninja -C build-nvcc -t targets all | sed -n 's/^\(test_[a-z_]*\|ptrain_core\): .*/\1/p' |
-                 grep -E '^(ptrain_core|test_cuda_device|test_gpu_silicon|test_ops_cuda|test_device_memory|test_device_ops|test_gemm|test_gemm_gpu|test_optim_cuda|test_attention_cuda)$' | tr '\n' ' ')
+  # the device test binaries, and `ptrain` itself: every library linked against the real CUDA
+  # runtime and cuBLASLt (a missing symbol or a header mismatch fails here)
+  nvcc_targets=$(ninja -C build-nvcc -t targets all | sed -n 's/^\(test_[a-z_]*\|ptrain_core\|ptrain\): .*/\1/p' |
+                 grep -E '^(ptrain|ptrain_core|test_cuda_device|test_gpu_silicon|test_ops_cuda|test_device_memory|test_device_ops|test_gemm|test_gemm_gpu|test_optim_cuda|test_attention_cuda)$' | tr '\n' ' ')
   ninja -C build-nvcc -j "$jobs" $nvcc_targets | tee build-nvcc/nvcc_build.log
   kernels=$(grep -c 'ptxas info    : Used' build-nvcc/nvcc_build.log || true)
   maxreg=$(grep -o 'Used [0-9]* registers' build-nvcc/nvcc_build.log | awk '{print $2}' | sort -n | tail -1 || true)

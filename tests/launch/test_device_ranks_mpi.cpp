@@ -4,8 +4,9 @@
 // the MPI communicator, staged through host memory (parallel/mpi_comm.cpp), and the data-
 // parallel reducer packs device gradients from host copies. Every layout below matches the
 // single-rank CPU run within 1e-5 relative at every one of 20 fp32 steps (loss, pre-clip
-// gradient norm, validation loss), as the single-rank device run does (checkpoints, the plan
-// and the refusals: test_device_checkpoint_mpi.cpp).
+// gradient norm, validation loss), as the single-rank device run does. Here the pipeline
+// layouts; data parallelism: test_device_dp_mpi.cpp; checkpoints, the plan and the refusals:
+// test_device_checkpoint_mpi.cpp.
 #define PTRAIN_MPI_SUITE "device_ranks_mpi"
 #include "tests/launch/parallel_mpi_fixture.h"
 
@@ -21,17 +22,14 @@ bool have_device() {
 #endif
 }
 
-TEST_F(ParallelEquivalence, DeviceLayoutsMatchTheCpu) {
+TEST_F(ParallelEquivalence, DevicePipelineLayoutsMatchTheCpu) {
   if (!have_device()) GTEST_SKIP() << "no CUDA device";
   check_layouts("llama", 2,
                 {{"device_pp2_1f1b", 2, {"device=cuda", "parallel.pp=2", "parallel.schedule=1f1b"}},
                  {"device_pp4_zb", 4, {"device=cuda", "parallel.pp=4", "parallel.schedule=zero-bubble"}},
                  {"device_pp2_interleaved", 2,
                   {"device=cuda", "parallel.pp=2", "parallel.schedule=interleaved", "parallel.virtual_stages=2"}},
-                 {"device_dp2", 2, {"device=cuda", "parallel.dp=2"}},
-                 {"device_dp2_pp2_recompute", 4, {"device=cuda", "parallel.dp=2", "parallel.pp=2", "train.recompute=full"}},
-                 {"device_dp2_offload", 2,
-                  {"device=cuda", "parallel.dp=2", "train.offload.optimizer=true", "train.offload.activations=true"}}},
+                 {"device_dp2_pp2_recompute", 4, {"device=cuda", "parallel.dp=2", "parallel.pp=2", "train.recompute=full"}}},
                 reference, run, expect_match);
   // gpt2 ties its embeddings: the first stage's table and the last stage's replica sum their
   // gradients over the embed group (a device all-reduce)
