@@ -36,4 +36,18 @@ TEST_F(ParallelEquivalence, DevicePipelineLayoutsMatchTheCpu) {
   check_layouts("gpt2", 4, {{"device_pp2_tied", 2, {"device=cuda", "parallel.pp=2"}}}, reference, run, expect_match);
 }
 
+// bf16 across ranks: the device pipeline rounds where the CPU pipeline rounds (activations and
+// gradients cross ranks as bf16 values, reduced in fp32 and rounded once), so pp2 in bf16 on
+// the device matches pp2 in bf16 on CPU ranks within 1e-5 at every step, as one device rank
+// matches one CPU rank.
+TEST_F(ParallelEquivalence, DeviceBf16PipelineMatchesTheCpuPipeline) {
+  if (!have_device()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<std::string> bf16 = {"train.precision=bf16", "parallel.pp=2", "parallel.dp=2"};
+  std::vector<std::string> dev = bf16;
+  dev.push_back("device=cuda");
+  const fs::path cpu = run("bf16_cpu_dp2_pp2", "llama", 2, 4, bf16);
+  const fs::path gpu = run("bf16_device_dp2_pp2", "llama", 2, 4, dev);
+  expect_match(cpu, gpu, "bf16 dp2 x pp2: device against CPU ranks", 1, 1e-5);
+}
+
 }  // namespace
