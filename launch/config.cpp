@@ -541,6 +541,10 @@ std::vector<Field> build_fields() {
           "group (tp, pp, dp, embed, world) with a known pattern, in the tensors' own memory, checked bit for bit "
           "(a few ms); a difference or a message that does not come within 30 s stops the run naming the group, "
           "the collective and the ranks. false skips it."),
+      KEY(parallel.timeout_s, number(Bound::positive),
+          "Multi-rank runs: seconds one blocking communicator call (a collective, a receive, a wait) may take; "
+          "longer ends the job with a message naming the rank, the group and the call (a stuck or vanished "
+          "peer). Compute is not timed: a long step does not trip it."),
       // ---- train
       KEY(train.seq_len, pos_int(), "Tokens per training sequence (T); at most model.max_seq_len."),
       KEY(train.micro_batch, pos_int(), "Sequences per micro-batch on each data-parallel rank."),

@@ -92,6 +92,7 @@ struct ParallelConfig {
   bool sequence_parallel = false;            ///< split norms/dropout activations along the sequence over TP
   std::optional<std::vector<int>> stage_layers;  ///< layers per (virtual) stage; nullopt = even split
   bool selftest = true;                      ///< check every group's collectives at start-up (parallel/selftest.h)
+  double timeout_s = 300;                    ///< a blocking communicator call longer than this ends the job
 
   /// dp, or world_size / (tp * pp) when auto.
   int resolved_dp(int world_size) const;

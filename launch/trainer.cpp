@@ -29,6 +29,7 @@
 #include "optim/grad_clip.h"
 #include "parallel/partition.h"
 #include "parallel/selftest.h"
+#include "parallel/watchdog.h"
 
 namespace fs = std::filesystem;
 
@@ -344,6 +345,11 @@ void Trainer::setup() {
 
   // ---- process grid (the first collective: every input check above ran on every rank) ----
   build_grid();
+  if (opt_.world_size > 1) {  // parallel.timeout_s: every blocking call of every group is timed
+    watchdog_ = std::make_shared<parallel::CommWatchdog>(cfg_.parallel.timeout_s,
+                                                         fmt::format("rank {}", opt_.rank));
+    grid_->wrap_groups([&](std::unique_ptr<parallel::Communicator> c) { return parallel::watched(std::move(c), watchdog_); });
+  }
   // ---- the communicator self-test (parallel/selftest.h): every group, on the tensors' device.
   // Every rank walks the groups in the same order (a group of one is skipped everywhere alike).
   if (cfg_.parallel.selftest && opt_.world_size > 1) {
@@ -1026,6 +1032,13 @@ int Trainer::run() {
       grid_->world().barrier();  // aligns the ranks' clocks (t = 0 at the barrier)
       timeline_.start();
       if (cfg_.train.offload.activations) activation_offload_trace_start(timeline_.now_us());
+    }
+    if (const char* stall = std::getenv("PTRAIN_TEST_STALL")) {
+      // test hook (tests/launch/timeout.sh): "RANK:STEP" makes that rank hang before that step,
+      // as a stuck GPU or a deadlock would, while its peers wait in their first collective
+      int rank = -1, at = -1;
+      if (std::sscanf(stall, "%d:%d", &rank, &at) == 2 && rank == opt_.rank && at == step)
+        std::this_thread::sleep_for(std::chrono::hours(1));
     }
     const auto t0 = Clock::now();
     const int64_t applied_before = adam_->step_count();

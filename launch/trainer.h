@@ -29,6 +29,7 @@
 #include "parallel/grid.h"
 #include "parallel/schedule.h"
 #include "parallel/timeline.h"
+#include "parallel/watchdog.h"
 
 namespace ptrain::launch {
 
@@ -144,6 +145,7 @@ class Trainer {
   std::vector<TrainParam> params_;
   std::unique_ptr<optim::AdamW> adam_;
   std::string selftest_line_;  ///< the banner's report of the communicator self-test
+  std::shared_ptr<parallel::CommWatchdog> watchdog_;  ///< parallel.timeout_s (multi-rank runs)
   std::unique_ptr<optim::HostOffload> offload_;  ///< train.offload.optimizer: master and moments on the host
   optim::LrSchedule schedule_;
   optim::LossScaler scaler_;

@@ -46,6 +46,12 @@ class Grid {
   Communicator& embed() { return *embed_; }
   bool first_stage() const { return coord_.pp == 0; }
   bool last_stage() const { return coord_.pp == shape_.pp - 1; }
+  /// Wraps every group with `wrap` (the watchdog of parallel/watchdog.h). No group can be split
+  /// afterwards (splits need the MPI communicator itself).
+  template <class Wrap>
+  void wrap_groups(Wrap&& wrap) {
+    for (auto* g : {&world_, &tp_, &pp_, &dp_, &embed_}) *g = wrap(std::move(*g));
+  }
   /// World rank of the rank at `c`.
   int world_rank_of(const GridCoord& c) const { return (c.dp * shape_.pp + c.pp) * shape_.tp + c.tp; }
 

@@ -201,7 +201,7 @@ struct Layout {
   std::vector<std::string> sets;
 };
 
-void check_layouts(const std::string& arch, int kv, const std::vector<Layout>& layouts,
+[[maybe_unused]] void check_layouts(const std::string& arch, int kv, const std::vector<Layout>& layouts,
                    fs::path (*reference)(const std::string&, int),
                    fs::path (*runner)(const std::string&, const std::string&, int, int, const std::vector<std::string>&,
                                       bool, const std::string&),

@@ -504,7 +504,7 @@ TEST(Config, KeysAreTheContract) {
       "model.ffn_hidden", "model.max_seq_len", "model.norm_eps", "model.rope_theta", "model.tie_embeddings",
       "model.pad_vocab_to", "model.norm", "model.mlp", "model.attention", "parallel.tp", "parallel.pp",
       "parallel.dp", "parallel.schedule", "parallel.virtual_stages", "parallel.sequence_parallel",
-      "parallel.stage_layers", "parallel.selftest", "train.seq_len", "train.micro_batch", "train.global_batch", "train.steps",
+      "parallel.stage_layers", "parallel.selftest", "parallel.timeout_s", "train.seq_len", "train.micro_batch", "train.global_batch", "train.steps",
       "train.seed", "train.precision", "train.grad_dtype", "train.recompute", "train.init_from",
       "train.eval_every", "train.eval_batches", "train.val_fraction", "train.log_every", "train.threads",
       "train.tf32", "train.offload.activations", "train.offload.prefetch", "train.offload.optimizer", "optim.name",
