@@ -594,24 +594,27 @@ std::pair<Tensor, Tensor> Trainer::full_moments(size_t i) {
   auto& p = params_[i];
   Tensor m = adam_->exp_avg(i), v = adam_->exp_avg_sq(i);
   if (!zero_) return {m, v};
-  // ZeRO-1: gather the DP ranks' flat ranges (padded to equal chunks) into the whole local tensor
-  const int dp = grid_->shape().dp;
-  const int64_t n = p.master.numel(), chunk = (n + dp - 1) / dp;
   auto gather = [&](const Tensor& shard) {
-    const Tensor mine = shard.device() == Device::cpu ? shard : shard.to_device(Device::cpu);
-    Tensor in = Tensor::zeros({chunk}), out = Tensor::zeros({chunk * dp});
-    std::copy_n(mine.data<float>(), mine.numel(), in.data<float>());
-    grid_->dp().all_gather(in, out);
     Tensor full = Tensor::zeros(p.master.shape());
-    float* f = full.data<float>();
-    const float* o = out.data<float>();
-    for (int r = 0; r < dp; ++r) {
-      const int64_t b = n * r / dp, e = n * (r + 1) / dp;
-      std::copy_n(o + r * chunk, e - b, f + b);
-    }
+    zero_gather(p, shard, full.data<float>());
     return full;
   };
   return {gather(m), gather(v)};
+}
+
+void Trainer::zero_gather(const TrainParam& p, const Tensor& shard, float* whole) {
+  // the DP ranks' flat ranges, padded to equal chunks, all-gathered on the host
+  const int dp = grid_->shape().dp;
+  const int64_t n = p.master.numel(), chunk = (n + dp - 1) / dp;
+  const Tensor mine = shard.device() == Device::cpu ? shard : shard.to_device(Device::cpu);
+  Tensor in = Tensor::zeros({chunk}), out = Tensor::zeros({chunk * dp});
+  std::copy_n(mine.data<float>(), mine.numel(), in.data<float>());
+  grid_->dp().all_gather(in, out);
+  const float* o = out.data<float>();
+  for (int r = 0; r < dp; ++r) {
+    const int64_t b = n * r / dp, e = n * (r + 1) / dp;
+    std::copy_n(o + r * chunk, e - b, whole + b);
+  }
 }
 
 /// One entry per (group, parameter, shard piece): the pieces a rank holds of the full tensor.
@@ -843,24 +846,16 @@ void Trainer::optimizer_step(double lr, double grad_scale, bool started) {
   }
   if (zero_) {
     parallel::Timeline::Scope span(&timeline_, "zero all-gather", "comm");
-    const int dp = grid_->shape().dp;
     for (auto& p : params_) {
-      // on the host (a device master: its range goes down, the gathered whole comes back up)
-      const bool dev = p.master.device() != Device::cpu;
-      const int64_t n = p.master.numel(), chunk = (n + dp - 1) / dp;
-      Tensor in = Tensor::zeros({chunk}), out = Tensor::zeros({chunk * dp});
-      Tensor mine = p.master.view({-1}).rows(p.zero_begin, p.zero_end);
-      if (dev) mine = mine.to_device(Device::cpu);
-      std::copy_n(mine.data<float>(), mine.numel(), in.data<float>());
-      grid_->dp().all_gather(in, out);
-      Tensor whole = dev ? Tensor::zeros(p.master.shape()) : p.master;
-      float* f = whole.data<float>();
-      const float* o = out.data<float>();
-      for (int r = 0; r < dp; ++r) {
-        const int64_t b = n * r / dp, e = n * (r + 1) / dp;
-        std::copy_n(o + r * chunk, e - b, f + b);
+      // gathered on the host: into the master itself, or (a device master) into a copy that goes up
+      const Tensor mine = p.master.view({-1}).rows(p.zero_begin, p.zero_end);
+      if (p.master.device() == Device::cpu) {
+        zero_gather(p, mine, p.master.data<float>());
+      } else {
+        Tensor whole = Tensor::zeros(p.master.shape());
+        zero_gather(p, mine, whole.data<float>());
+        p.master.copy_from(whole);
       }
-      if (dev) p.master.copy_from(whole);
     }
     for (auto& p : params_)  // the gathered masters -> the forward's weights
       if (!p.master.same(p.param->value)) p.param->value.copy_from(p.master);
@@ -1026,6 +1021,14 @@ int Trainer::run() {
   }
   // one step's timeline goes to a Chrome trace (the second step: the first one warms up)
   const int64_t trace_step = std::min<int64_t>(start_step_ + 2, steps);
+  // test hook (tests/launch/timeout.sh): PTRAIN_TEST_STALL="RANK:STEP" makes that rank hang
+  // before that step, as a stuck GPU or a deadlock would, while its peers wait in a collective
+  int64_t stall_step = -1;
+  if (const char* stall = std::getenv("PTRAIN_TEST_STALL")) {
+    int rank = -1;
+    long long at = -1;
+    if (std::sscanf(stall, "%d:%lld", &rank, &at) == 2 && rank == opt_.rank) stall_step = at;
+  }
   for (int64_t s = start_step_; s < steps; ++s) {
     const int64_t step = s + 1;
     if (step == trace_step) {
@@ -1033,13 +1036,7 @@ int Trainer::run() {
       timeline_.start();
       if (cfg_.train.offload.activations) activation_offload_trace_start(timeline_.now_us());
     }
-    if (const char* stall = std::getenv("PTRAIN_TEST_STALL")) {
-      // test hook (tests/launch/timeout.sh): "RANK:STEP" makes that rank hang before that step,
-      // as a stuck GPU or a deadlock would, while its peers wait in their first collective
-      int rank = -1, at = -1;
-      if (std::sscanf(stall, "%d:%d", &rank, &at) == 2 && rank == opt_.rank && at == step)
-        std::this_thread::sleep_for(std::chrono::hours(1));
-    }
+    if (step == stall_step) std::this_thread::sleep_for(std::chrono::hours(1));
     const auto t0 = Clock::now();
     const int64_t applied_before = adam_->step_count();
     const double loss = train_step(s);
@@ -1050,13 +1047,13 @@ int Trainer::run() {
     if (step == trace_step) {
       if (cfg_.train.offload.activations)  // the copies and the compute stream's waits, on their own track
         for (const DeviceSpan& d : activation_offload_trace_collect()) timeline_.add(d.name, "offload", d.start_us, d.end_us);
-    if (offload_) {  // the host AdamW's updates (the worker thread), on their own track
-      const double now = timeline_.now_us();
-      const auto tnow = Clock::now();
-      auto us = [&](Clock::time_point t) { return now - std::chrono::duration<double, std::micro>(tnow - t).count(); };
-      for (const auto& sp : offload_->stats().spans)
-        timeline_.add("adam " + params_[sp.param].name, "host adam", us(sp.start), us(sp.end));
-    }
+      if (offload_) {  // the host AdamW's updates (the worker thread), on their own track
+        const double now = timeline_.now_us();
+        const auto tnow = Clock::now();
+        auto us = [&](Clock::time_point t) { return now - std::chrono::duration<double, std::micro>(tnow - t).count(); };
+        for (const auto& sp : offload_->stats().spans)
+          timeline_.add("adam " + params_[sp.param].name, "host adam", us(sp.start), us(sp.end));
+      }
       timeline_.stop();
       const auto& c = grid_->coord();
       parallel::write_chrome_trace(timeline_, grid_->world(),

@@ -118,6 +118,9 @@ class Trainer {
   /// Full local moments of parameter i (ZeRO-1: gathered over DP; else the optimizer's own).
   int64_t zero_shard_in_full(const TrainParam& p, const Shape& full) const;
   std::pair<Tensor, Tensor> full_moments(size_t i);
+  /// ZeRO-1: every DP rank's range of parameter p (this rank's: `shard`, host or device) into
+  /// `whole` (host floats, the parameter's numel). A collective over dp.
+  void zero_gather(const TrainParam& p, const Tensor& shard, float* whole);
   bool zero() const { return zero_; }
 
   Config cfg_;

@@ -251,12 +251,8 @@ class MpiCommunicator final : public Communicator {
 
   void all_gather(const Tensor& in, Tensor& out) override {
     check_chunked(out, in, "all_gather", "out", "in");
-    if (on_device(in) || on_device(out)) {
-      Tensor hi = on_device(in) ? host_copy(in) : in, ho = on_device(out) ? host_like(out) : out;
-      all_gather(hi, ho);
-      if (on_device(out)) out.copy_from(ho);
-      return;
-    }
+    if (on_device(in) || on_device(out))
+      return staged(in, out, [&](const Tensor& hi, Tensor& ho) { all_gather(hi, ho); });
     MPI_Datatype type = any_type(in, name_, "all_gather");
     if (size_ == 1) return copy_single(in, out);
     const int n = count_of(in.numel(), name_, "all_gather");
@@ -265,12 +261,8 @@ class MpiCommunicator final : public Communicator {
 
   void reduce_scatter(const Tensor& in, Tensor& out) override {
     check_chunked(in, out, "reduce_scatter", "in", "out");
-    if (on_device(in) || on_device(out)) {
-      Tensor hi = on_device(in) ? host_copy(in) : in, ho = on_device(out) ? host_like(out) : out;
-      reduce_scatter(hi, ho);
-      if (on_device(out)) out.copy_from(ho);
-      return;
-    }
+    if (on_device(in) || on_device(out))
+      return staged(in, out, [&](const Tensor& hi, Tensor& ho) { reduce_scatter(hi, ho); });
     MPI_Datatype type = float_type(in, name_, "reduce_scatter");
     if (size_ == 1) return copy_single(in, out);
     MPI_CHECK(name_, MPI_Reduce_scatter_block(in.raw(), out.raw(), count_of(out.numel(), name_, "reduce_scatter"),
@@ -377,6 +369,14 @@ class MpiCommunicator final : public Communicator {
     for (int i = 1; ok && i < big.ndim(); ++i) ok = big.dim(i) == small.dim(i);
     PT_CHECK(ok, "{} on group '{}' (size {}): {} {} must be [{} * n, ...] for {} {} = [n, ...]", what, name_, size_,
              big_name, shape_str(big.shape()), size_, small_name, shape_str(small.shape()));
+  }
+  /// `op` on host copies of in and out (device ones staged), the result uploaded into out.
+  template <class Op>
+  void staged(const Tensor& in, Tensor& out, Op&& op) {
+    const Tensor hi = on_device(in) ? host_copy(in) : in;
+    Tensor ho = on_device(out) ? host_like(out) : out;
+    op(hi, ho);
+    if (on_device(out)) out.copy_from(ho);
   }
   void copy_single(const Tensor& in, Tensor& out) {
     if (in.raw() != out.raw()) out.copy_from(in);

@@ -13,12 +13,6 @@
 #include "core/cuda/launch_stats.h"
 #include "core/error.h"
 
-#define OFFLOAD_CHECK(expr)                                                                      \
-  do {                                                                                           \
-    const cudaError_t e_ = (expr);                                                               \
-    if (e_ != cudaSuccess) ::ptrain::cuda::throw_cuda_error(e_, #expr, __FILE__, __LINE__);      \
-  } while (0)
-
 namespace ptrain {
 
 namespace {
@@ -32,14 +26,14 @@ class Engine {
   ActivationOffloadStats stats;
 
   Engine() {
-    OFFLOAD_CHECK(cudaStreamCreateWithFlags(&d2h, cudaStreamNonBlocking));
-    OFFLOAD_CHECK(cudaStreamCreateWithFlags(&h2d, cudaStreamNonBlocking));
+    PT_CUDA_RT_CHECK(cudaStreamCreateWithFlags(&d2h, cudaStreamNonBlocking));
+    PT_CUDA_RT_CHECK(cudaStreamCreateWithFlags(&h2d, cudaStreamNonBlocking));
   }
 
   /// An ordering event (no timing).
   cudaEvent_t event() {
     cudaEvent_t e = nullptr;
-    OFFLOAD_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    PT_CUDA_RT_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     return e;
   }
   /// Events are destroyed in batches: queued waits may still name them, and the emulated
@@ -48,7 +42,7 @@ class Engine {
     if (!e) return;
     graveyard_.push_back(e);
     if (graveyard_.size() >= 256) {
-      for (cudaEvent_t x : graveyard_) OFFLOAD_CHECK(cudaEventDestroy(x));
+      for (cudaEvent_t x : graveyard_) PT_CUDA_RT_CHECK(cudaEventDestroy(x));
       graveyard_.clear();
     }
   }
@@ -60,7 +54,7 @@ class Engine {
       p = list.back();
       list.pop_back();
     } else {
-      OFFLOAD_CHECK(cudaMallocHost(&p, bytes));
+      PT_CUDA_RT_CHECK(cudaMallocHost(&p, bytes));
       stats.host_pool_bytes += static_cast<int64_t>(bytes);
     }
     stats.host_live_bytes += static_cast<int64_t>(bytes);
@@ -77,8 +71,8 @@ class Engine {
   bool tracing() const { return anchor_ != nullptr; }
   cudaEvent_t timing_event(cudaStream_t s) {
     cudaEvent_t e = nullptr;
-    OFFLOAD_CHECK(cudaEventCreate(&e));
-    OFFLOAD_CHECK(cudaEventRecord(e, s));
+    PT_CUDA_RT_CHECK(cudaEventCreate(&e));
+    PT_CUDA_RT_CHECK(cudaEventRecord(e, s));
     return e;
   }
   void trace(std::string name, cudaEvent_t begin, cudaEvent_t end) { marks_.push_back({std::move(name), begin, end}); }
@@ -91,10 +85,10 @@ class Engine {
     std::vector<DeviceSpan> out;
     if (!anchor_) return out;
     for (const Mark& m : marks_) {
-      OFFLOAD_CHECK(cudaEventSynchronize(m.end));
+      PT_CUDA_RT_CHECK(cudaEventSynchronize(m.end));
       float a = 0, b = 0;
-      OFFLOAD_CHECK(cudaEventElapsedTime(&a, anchor_, m.begin));
-      OFFLOAD_CHECK(cudaEventElapsedTime(&b, anchor_, m.end));
+      PT_CUDA_RT_CHECK(cudaEventElapsedTime(&a, anchor_, m.begin));
+      PT_CUDA_RT_CHECK(cudaEventElapsedTime(&b, anchor_, m.end));
       if (b > a) out.push_back({m.name, anchor_us_ + 1e3 * a, anchor_us_ + 1e3 * b});
     }
     drop_trace();
@@ -154,7 +148,7 @@ struct Group {
     if (!up || waited) return;
     Engine& e = engine();
     cudaEvent_t before = e.tracing() ? e.timing_event(kCompute) : nullptr;
-    OFFLOAD_CHECK(cudaStreamWaitEvent(kCompute, h2d_done, 0));
+    PT_CUDA_RT_CHECK(cudaStreamWaitEvent(kCompute, h2d_done, 0));
     if (before) e.trace("wait " + label, before, e.timing_event(kCompute));
     waited = true;
     ++e.stats.compute_waits;
@@ -263,20 +257,20 @@ class Offload final : public ActivationOffload {
     }
     if (todo.empty()) return;
     cudaEvent_t ready = en.event();
-    OFFLOAD_CHECK(cudaEventRecord(ready, kCompute));
-    OFFLOAD_CHECK(cudaStreamWaitEvent(en.d2h, ready, 0));
+    PT_CUDA_RT_CHECK(cudaEventRecord(ready, kCompute));
+    PT_CUDA_RT_CHECK(cudaStreamWaitEvent(en.d2h, ready, 0));
     en.retire(ready);
     cudaEvent_t begin = en.tracing() ? en.timing_event(en.d2h) : nullptr;
     int64_t bytes = 0;
     for (auto& e : todo) {
       e->host = en.host_alloc(e->bytes);
-      OFFLOAD_CHECK(cudaMemcpyAsync(e->host, e->dev->ptr, e->bytes, cudaMemcpyDeviceToHost, en.d2h));
+      PT_CUDA_RT_CHECK(cudaMemcpyAsync(e->host, e->dev->ptr, e->bytes, cudaMemcpyDeviceToHost, en.d2h));
       cuda::device_allocator().record_stream(e->dev->ptr, en.d2h);
       e->down = true;
       bytes += static_cast<int64_t>(e->bytes);
     }
     g.d2h_done = en.event();
-    OFFLOAD_CHECK(cudaEventRecord(g.d2h_done, en.d2h));
+    PT_CUDA_RT_CHECK(cudaEventRecord(g.d2h_done, en.d2h));
     if (begin) en.trace(fmt::format("D2H {} ({:.1f} MB)", g.label, bytes / 1e6), begin, en.timing_event(en.d2h));
     g.copied = true;
     en.stats.bytes_down += bytes;
@@ -311,19 +305,19 @@ class Offload final : public ActivationOffload {
     // group's D2H.
     for (auto& e : todo) e->dev = std::make_shared<Storage>(e->bytes, cuda::cuda_tensor_allocator());
     cudaEvent_t ready = en.event();
-    OFFLOAD_CHECK(cudaEventRecord(ready, kCompute));
-    OFFLOAD_CHECK(cudaStreamWaitEvent(en.h2d, ready, 0));
-    OFFLOAD_CHECK(cudaStreamWaitEvent(en.h2d, g.d2h_done, 0));
+    PT_CUDA_RT_CHECK(cudaEventRecord(ready, kCompute));
+    PT_CUDA_RT_CHECK(cudaStreamWaitEvent(en.h2d, ready, 0));
+    PT_CUDA_RT_CHECK(cudaStreamWaitEvent(en.h2d, g.d2h_done, 0));
     en.retire(ready);
     cudaEvent_t begin = en.tracing() ? en.timing_event(en.h2d) : nullptr;
     int64_t bytes = 0;
     for (auto& e : todo) {
-      OFFLOAD_CHECK(cudaMemcpyAsync(e->dev->ptr, e->host, e->bytes, cudaMemcpyHostToDevice, en.h2d));
+      PT_CUDA_RT_CHECK(cudaMemcpyAsync(e->dev->ptr, e->host, e->bytes, cudaMemcpyHostToDevice, en.h2d));
       cuda::device_allocator().record_stream(e->dev->ptr, en.h2d);
       bytes += static_cast<int64_t>(e->bytes);
     }
     g.h2d_done = en.event();
-    OFFLOAD_CHECK(cudaEventRecord(g.h2d_done, en.h2d));
+    PT_CUDA_RT_CHECK(cudaEventRecord(g.h2d_done, en.h2d));
     if (begin) en.trace(fmt::format("H2D {} ({:.1f} MB)", g.label, bytes / 1e6), begin, en.timing_event(en.h2d));
     en.stats.bytes_up += bytes;
     ++en.stats.groups_up;

@@ -9,12 +9,6 @@
 
 #include "core/cuda/launch_stats.h"
 
-#define CUDA_CHECK(expr)                                                                    \
-  do {                                                                                      \
-    const cudaError_t e_ = (expr);                                                          \
-    if (e_ != cudaSuccess) ::ptrain::cuda::throw_cuda_error(e_, #expr, __FILE__, __LINE__); \
-  } while (0)
-
 namespace ptrain {
 
 namespace {
@@ -24,9 +18,9 @@ constexpr cudaStream_t kCompute = nullptr;  // ptrain's kernels and the caching 
 class CudaCopyQueue final : public CopyQueue {
  public:
   CudaCopyQueue() {
-    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    CUDA_CHECK(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventCreateWithFlags(&copies_done_, cudaEventDisableTiming));
+    PT_CUDA_RT_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    PT_CUDA_RT_CHECK(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
+    PT_CUDA_RT_CHECK(cudaEventCreateWithFlags(&copies_done_, cudaEventDisableTiming));
   }
   ~CudaCopyQueue() override {
     // nothing may still read or write the pinned buffers: finish the queue first
@@ -39,36 +33,36 @@ class CudaCopyQueue final : public CopyQueue {
 
   void* pinned(size_t bytes) override {
     void* p = nullptr;
-    CUDA_CHECK(cudaMallocHost(&p, bytes ? bytes : 1));
+    PT_CUDA_RT_CHECK(cudaMallocHost(&p, bytes ? bytes : 1));
     pinned_.push_back(p);
     return p;
   }
   void wait_compute() override {
-    CUDA_CHECK(cudaEventRecord(compute_done_, kCompute));
-    CUDA_CHECK(cudaStreamWaitEvent(stream_, compute_done_, 0));
+    PT_CUDA_RT_CHECK(cudaEventRecord(compute_done_, kCompute));
+    PT_CUDA_RT_CHECK(cudaStreamWaitEvent(stream_, compute_done_, 0));
   }
   void to_host(void* host, const void* dev, size_t bytes) override {
-    if (bytes) CUDA_CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, stream_));
+    if (bytes) PT_CUDA_RT_CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, stream_));
   }
   void to_device(void* dev, const void* host, size_t bytes) override {
-    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, stream_));
+    if (bytes) PT_CUDA_RT_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, stream_));
   }
   void then(std::function<void()> fn) override {
     auto* f = new std::function<void()>(std::move(fn));
     const cudaError_t e = cudaLaunchHostFunc(stream_, &CudaCopyQueue::trampoline, f);
     if (e != cudaSuccess) {
       delete f;
-      CUDA_CHECK(e);
+      PT_CUDA_RT_CHECK(e);
     }
   }
   void poll() override {
     const cudaError_t e = cudaStreamQuery(stream_);
-    if (e != cudaErrorNotReady) CUDA_CHECK(e);
+    if (e != cudaErrorNotReady) PT_CUDA_RT_CHECK(e);
   }
-  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() override { PT_CUDA_RT_CHECK(cudaStreamSynchronize(stream_)); }
   void compute_waits() override {
-    CUDA_CHECK(cudaEventRecord(copies_done_, stream_));
-    CUDA_CHECK(cudaStreamWaitEvent(kCompute, copies_done_, 0));
+    PT_CUDA_RT_CHECK(cudaEventRecord(copies_done_, stream_));
+    PT_CUDA_RT_CHECK(cudaStreamWaitEvent(kCompute, copies_done_, 0));
   }
 
  private:

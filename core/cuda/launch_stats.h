@@ -22,6 +22,14 @@ template <class E>
 [[noreturn]] inline void throw_cuda_error(E err, const char* call, const char* file, int line) {
   throw_cuda_error(static_cast<int>(err), call, file, line);
 }
+/// Checks a CUDA runtime call in host code that does not include core/cuda/runtime.h (whose
+/// CUDA_CHECK is the same check): throws through throw_cuda_error when it is not success.
+#define PT_CUDA_RT_CHECK(expr)                                                                   \
+  do {                                                                                           \
+    const auto pt_rt_err_ = (expr);                                                              \
+    if (static_cast<int>(pt_rt_err_) != 0)                                                       \
+      ::ptrain::cuda::throw_cuda_error(pt_rt_err_, #expr, __FILE__, __LINE__);                   \
+  } while (0)
 /// Launches per kernel name since the last reset.
 std::map<std::string, int64_t> launch_counts();
 int64_t launch_count(const std::string& kernel);

@@ -243,8 +243,9 @@ TEST_F(DeviceTraining, ActivationOffloadIsBitIdentical) {
       EXPECT_EQ(got[k].at("loss").get<double>(), want[k].at("loss").get<double>()) << c.name << " step " << k + 1;
       EXPECT_EQ(got[k].at("grad_norm").get<double>(), want[k].at("grad_norm").get<double>())
           << c.name << " step " << k + 1;
-      if (want[k].contains("val_loss"))
+      if (want[k].contains("val_loss")) {
         EXPECT_EQ(got[k].at("val_loss").get<double>(), want[k].at("val_loss").get<double>()) << c.name;
+      }
       const int64_t down = got[k].at("offload_down_bytes").get<int64_t>();
       EXPECT_GT(down, 0) << c.name << " step " << k + 1 << ": nothing went to the host";
       EXPECT_EQ(got[k].at("offload_up_bytes").get<int64_t>(), down) << c.name << " step " << k + 1;
@@ -290,7 +291,9 @@ TEST_F(DeviceTraining, OptimizerOffloadIsBitIdenticalToTheDeviceOptimizer) {
         EXPECT_EQ(got[k].at("loss").get<double>(), want[k].at("loss").get<double>()) << prec << " step " << k + 1;
         EXPECT_EQ(got[k].at("grad_norm").get<double>(), want[k].at("grad_norm").get<double>())
             << prec << " step " << k + 1;
-        if (want[k].contains("val_loss")) EXPECT_EQ(got[k].at("val_loss").get<double>(), want[k].at("val_loss").get<double>());
+        if (want[k].contains("val_loss")) {
+          EXPECT_EQ(got[k].at("val_loss").get<double>(), want[k].at("val_loss").get<double>());
+        }
         EXPECT_GT(got[k].at("host_resident_bytes").get<int64_t>(), 0);
       }
       if (recompute == "none") {

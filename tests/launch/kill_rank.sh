@@ -11,13 +11,8 @@ set -uo pipefail
 mpiexec=$1 ptrain=$2 work=$3 device=$4 ranks=$5
 shift 5
 rm -rf "$work" && mkdir -p "$work"
-python3 - "$work/c.txt" <<'PY'
-import random, sys
-random.seed(3)
-w = "the cat sat on a mat and dog ran to see big red ball".split()
-open(sys.argv[1], "w").write("\n".join(" ".join(random.choice(w) for _ in range(10)) for _ in range(3000)))
-PY
-"$ptrain" prepare --input "$work/c.txt" --out "$work/c.h5" --tokenizer byte >/dev/null || exit 1
+source "$(dirname "$0")/mpi_case.sh"
+make_corpus "$ptrain" "$work" 3 3000 || exit 1
 cat >"$work/kill.yaml" <<YAML
 model: {arch: llama, vocab_size: 256, hidden: 64, layers: 4, heads: 4, ffn_hidden: 128, max_seq_len: 64}
 parallel: {pp: $ranks}

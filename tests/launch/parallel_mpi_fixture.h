@@ -23,6 +23,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/h5io.h"
+#if PTRAIN_HAVE_CUDA
+#include "core/cuda/device.h"
+#endif
 #include "data/prepare.h"
 #include "launch/config.h"
 #include "launch/trainer.h"
@@ -40,6 +43,14 @@ using namespace ptrain::launch;
 
 namespace {
 
+/// A CUDA device this process can train on (the emulated one in CI); false in a CUDA-less build.
+[[maybe_unused]] bool have_device() {
+#if PTRAIN_HAVE_CUDA
+  return cuda::device_count() > 0;
+#else
+  return false;
+#endif
+}
 
 int world_rank() {
   int r;

@@ -10,13 +10,8 @@ set -uo pipefail
 mpiexec=$1 ptrain=$2 work=$3 device=$4
 shift 4
 rm -rf "$work" && mkdir -p "$work"
-python3 - "$work/c.txt" <<'PY'
-import random, sys
-random.seed(4)
-w = "the cat sat on a mat and dog ran to see big red ball".split()
-open(sys.argv[1], "w").write("\n".join(" ".join(random.choice(w) for _ in range(10)) for _ in range(2000)))
-PY
-"$ptrain" prepare --input "$work/c.txt" --out "$work/c.h5" --tokenizer byte >/dev/null || exit 1
+source "$(dirname "$0")/mpi_case.sh"
+make_corpus "$ptrain" "$work" 4 2000 || exit 1
 cat >"$work/cfg.yaml" <<YAML
 model: {arch: llama, vocab_size: 256, hidden: 32, layers: 2, heads: 4, ffn_hidden: 64, max_seq_len: 32}
 train: {seq_len: 32, micro_batch: 2, global_batch: 4, steps: 2, precision: fp32, threads: 1, log_every: 1}

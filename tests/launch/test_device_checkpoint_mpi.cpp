@@ -6,18 +6,9 @@
 #define PTRAIN_MPI_SUITE "device_checkpoint_mpi"
 #include "tests/launch/parallel_mpi_fixture.h"
 
-#include "core/cuda/device.h"
 #include "launch/memory_plan.h"
 
 namespace {
-
-bool have_device() {
-#if PTRAIN_HAVE_CUDA
-  return cuda::device_count() > 0;
-#else
-  return false;
-#endif
-}
 
 // Checkpoints are the CPU path's layout: a 4-rank device run's step-10 checkpoint (dp2 x pp2)
 // resumes in a 1-rank CPU run, and a 1-rank CPU checkpoint resumes in a 4-rank device run;

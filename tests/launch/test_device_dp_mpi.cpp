@@ -7,17 +7,7 @@
 #define PTRAIN_MPI_SUITE "device_dp_mpi"
 #include "tests/launch/parallel_mpi_fixture.h"
 
-#include "core/cuda/device.h"
-
 namespace {
-
-bool have_device() {
-#if PTRAIN_HAVE_CUDA
-  return cuda::device_count() > 0;
-#else
-  return false;
-#endif
-}
 
 TEST_F(ParallelEquivalence, DeviceDataParallelLayoutsMatchTheCpu) {
   if (!have_device()) GTEST_SKIP() << "no CUDA device";
