@@ -4,8 +4,8 @@
 #   commcheck.sh MPIEXEC PTRAIN DEVICE [mpirun flags...]
 #
 # 2 ranks, DEVICE tensors, sizes 4K..64K: the JSON lists every collective at every size with a
-# positive bandwidth and a passing check, and says ok; the text form ends with the verdict;
-# bad input exits 2 with a message.
+# positive bandwidth and a passing check, and says ok; --min-bytes moves the first size and
+# --iters is reported; the text form ends with the verdict; bad input exits 2 with a message.
 set -uo pipefail
 mpiexec=$1 ptrain=$2 device=$3
 shift 3
@@ -25,6 +25,15 @@ for r in j["results"]:
     assert r["ok"] and r["time_s"] > 0 and r["busbw_gbps"] > 0 and r["algbw_gbps"] > 0, r
 print(f"commcheck json: {len(j['results'])} results, all ok")
 PY
+# --min-bytes and --iters: the sizes start at 16K, and the run says how many timed calls it made
+json=$("$mpiexec" "$@" -np 2 "$ptrain" commcheck --device "$device" --min-bytes 16K --max-bytes 64K --iters 3 --json) ||
+  { echo "FAIL: commcheck --min-bytes --json exited non-zero"; fail=1; }
+python3 - "$json" <<'PY' || fail=1
+import json, sys
+j = json.loads(sys.argv[1])
+assert sorted({r["bytes"] for r in j["results"]}) == [16384, 65536], j["results"]
+assert j["iters"] == 3 and j["ok"] is True, j
+PY
 text=$("$mpiexec" "$@" -np 2 "$ptrain" commcheck --device "$device" --max-bytes 16K --iters 1) ||
   { echo "FAIL: commcheck exited non-zero"; fail=1; }
 echo "$text" | tail -3
@@ -34,4 +43,6 @@ echo "$text" | grep -q "^verdict: every collective correct at every size" || { e
   { echo "FAIL: --device tpu: exit $rc"; cat "${TMPDIR:-/tmp}/commcheck_err.txt"; fail=1; }
 "$ptrain" commcheck --max-bytes 3 >/dev/null 2>&1; rc=$?
 [[ $rc -eq 2 ]] || { echo "FAIL: --max-bytes 3: exit $rc"; fail=1; }
+"$ptrain" commcheck --iters 0 >/dev/null 2>&1; rc=$?
+[[ $rc -eq 2 ]] || { echo "FAIL: --iters 0: exit $rc"; fail=1; }
 exit $fail
